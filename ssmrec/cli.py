@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pathlib import Path
+
 from ssmrec.errors import SsmrecError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _cmd_data_check(args) -> int:
@@ -24,6 +28,87 @@ def _cmd_data_synth(args) -> int:
 
     out = synthesize(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote synthetic MM-CTR world to {out}")
+    return 0
+
+
+def resolve_config(name_or_path: str):
+    """A config path, or a built-in name such as ``mmctr_synth/mambactr`` (looked up in configs/)."""
+    from pathlib import Path
+
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    builtin = CONFIG_DIR / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
+    return builtin if builtin.is_file() else p
+
+
+def _print_summary(summary: dict) -> None:
+    import json
+
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
+def _cmd_train(args) -> int:
+    from ssmrec.config import load_config
+    from ssmrec.train.trainer import Trainer
+
+    cfg = load_config(resolve_config(args.config), args.set)
+    trainer = Trainer(cfg)
+    summary = trainer.fit(resume=args.resume)
+    if trainer.rank == 0:
+        _print_summary(summary)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from ssmrec.data.mmctr import read_truth
+    from ssmrec.train.trainer import evaluate, load_trained
+
+    model, cfg, data = load_trained(args.checkpoint, args.data, splits=(args.split,))
+    split = data.splits[args.split]
+    if split.label is None:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: no 'label' column, cannot evaluate")
+    m = evaluate(model, split, cfg.train.eval_batch_size, "cpu", read_truth(data.root, args.split), progress=True)
+    _print_summary({"split": args.split, **m})
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from ssmrec.train.trainer import load_trained, predict_split
+
+    model, cfg, data = load_trained(args.checkpoint, args.data, splits=(args.split,))
+    p = predict_split(model, data.splits[args.split], cfg.train.eval_batch_size, "cpu", progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("ID,Task2\n")
+        np.savetxt(f, np.column_stack([np.arange(len(p)), p]), fmt=["%d", "%.8f"], delimiter=",")
+    os.replace(tmp, out)
+    print(f"wrote {len(p)} predictions to {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from ssmrec.config import load_config
+    from ssmrec.data.synth import synthesize
+    from ssmrec.train.trainer import Trainer
+
+    data_dir = Path(args.data_dir or f"data/synth-{args.preset}")
+    if not (data_dir / "item_info.parquet").exists():
+        print(f"synthesizing the '{args.preset}' world into {data_dir} ...", flush=True)
+        synthesize(data_dir, preset=args.preset, seed=args.seed, overwrite=True)
+    overrides = [f"data.dir={data_dir}", f"name=demo-{args.preset}", f"out_dir={args.out_dir}"] + (args.set or [])
+    cfg = load_config(resolve_config(f"mmctr_synth/mambactr_{args.preset}"), overrides)
+    summary = Trainer(cfg).fit(resume=False)
+    _print_summary(summary)
     return 0
 
 
@@ -44,6 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_cmd_data_synth)
+
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("--config", required=True, help="YAML path or built-in name, e.g. mmctr_synth/mambactr")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="AUC / logloss / gAUC of a checkpoint on a labelled split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
+    ev.add_argument("--split", default="valid")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="write a challenge submission CSV (ID,Task2) for test.parquet")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--out", required=True)
+    pr.set_defaults(func=_cmd_predict)
+
+    demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
+    demo.add_argument("--preset", default="default", choices=["tiny", "default"])
+    demo.add_argument("--data-dir", help="where the synthetic world lives (default data/synth-PRESET)")
+    demo.add_argument("--out-dir", default="runs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.set_defaults(func=_cmd_demo)
     return p
 
 
