@@ -79,6 +79,11 @@ def _typed(cls, section: str, values: dict, source: str):
         if want == "int" and isinstance(val, bool) or want == "int" and not isinstance(val, int):
             raise ConfigError(f"{source}: '{section}.{key}' must be an integer, got {val!r}")
         if want == "float":
+            if isinstance(val, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+                try:
+                    val = float(val)
+                except ValueError:
+                    pass
             if isinstance(val, bool) or not isinstance(val, (int, float)):
                 raise ConfigError(f"{source}: '{section}.{key}' must be a number, got {val!r}")
             val = float(val)

@@ -242,7 +242,7 @@ class Trainer:
             self.optimizer.step()
             st["step"] = step + 1
             st["global_step"] += 1
-            st["epoch_loss_sum"] += float(bce) * len(idx)
+            st["epoch_loss_sum"] += float(bce.detach()) * len(idx)
             st["epoch_rows"] += len(idx)
             bar.update(len(idx) * self.world)
             if step % 20 == 0:
