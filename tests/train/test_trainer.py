@@ -26,7 +26,7 @@ def _cfg(world, out, **train):
     t.update(train)
     # A narrow model over the last 32 slots keeps each run to seconds on a 2-core CI machine.
     return {"name": "t", "model": "mambactr", "out_dir": str(out), "data": {"dir": str(world), "max_len": 32},
-            "model_params": {"embedding_dim": 16, "headdim": 32}, "train": t}
+            "model_params": {"embedding_dim": 16, "headdim": 32, "stage2": "cosine_gru"}, "train": t}
 
 
 def test_gauc_matches_per_user_sklearn():

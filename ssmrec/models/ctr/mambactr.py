@@ -121,7 +121,8 @@ class MambaCTR(nn.Module):
                                                cfg.level_zero_is_padding)
         d = self.embedding.item_dim
         self.encoder = SequenceEncoder(cfg, d)
-        self.query = nn.Linear(d, d, bias=False)  # bilinear Stage-II score (W_a e_t) . h_l
+        if cfg.stage2 == "augru":  # bilinear Stage-II score (W_a e_t) . h_l (unused by cosine_gru: not built)
+            self.query = nn.Linear(d, d, bias=False)
         self.gru = AttentionalGRU(d, d)
         self.pool_proj = nn.Linear(d, d)
         head_dim = self.embedding.side_dim + d + 2 * d
