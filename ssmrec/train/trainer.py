@@ -352,6 +352,10 @@ def load_trained(ckpt_path, data_dir=None, splits=("valid", "test")):
     data = load_mmctr(root, ck["feature_map"]["max_len"], splits=splits)
     check_feature_map(ck["feature_map"], data, ckpt_path)
     model = build_ctr_model(cfg.model, cfg.model_params, data.item_info)
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:  # weights from another ssmrec version or an edited config
+        raise SsmrecError(f"{ckpt_path}: weights do not match the model in its config "
+                          f"({str(e).splitlines()[-1].strip()[:200]})") from None
     model.eval()
     return model, cfg, data
