@@ -54,6 +54,12 @@ def test_checkpoint_round_trip_and_weights_only(tiny_world, tmp_path):
     model, cfg2, data = load_trained(best, tiny_world, splits=("valid",))
     p = predict_split(model, data.splits["valid"], 512, "cpu")
     assert roc_auc_score(data.splits["valid"].label.numpy(), p) == pytest.approx(summary["valid_auc"], abs=1e-9)
+    # Weights that do not fit the model named by the config are a one-line error.
+    ck["config"]["model_params"]["stage2"] = "augru"
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(ck, mismatched)
+    r = run_cli("evaluate", "--checkpoint", mismatched, "--data", tiny_world)
+    assert r.returncode == 2 and "weights do not match" in r.stderr and "Traceback" not in r.stderr
     # A truncated checkpoint is a clear error, not a traceback.
     bad = tmp_path / "bad.pt"
     bad.write_bytes(best.read_bytes()[:1000])
