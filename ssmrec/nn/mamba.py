@@ -112,6 +112,15 @@ def _conv_state_from(xc: Tensor, K: int, mask: Tensor | None) -> Tensor:
     return torch.einsum("bcl,blk->bck", xc, sel.to(xc.dtype))
 
 
+def _hold_masked(mask_t: Tensor | None, y: Tensor, new: State, old: State) -> tuple[Tensor, State]:
+    """step() for rows with mask_t = 0: keep the old state and output zeros."""
+    if mask_t is None:
+        return y, new
+    m = mask_t.bool()
+    held = tuple(torch.where(m.view(-1, *([1] * (n.dim() - 1))), n, o) for n, o in zip(new, old))
+    return y * m[:, None].to(y.dtype), held
+
+
 class Mamba(nn.Module):
     """Mamba-1 block (mamba_ssm.Mamba), §6.2/§6.3. Input/output (B, L, d_model)."""
 
@@ -200,12 +209,7 @@ class Mamba(nn.Module):
         y = torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc
         y = self.out_proj(y * F.silu(z))
         ssm = ssm.to(ssm_state.dtype)
-        if mask_t is not None:
-            m = mask_t.bool()
-            conv = torch.where(m[:, None, None], conv, conv_state)
-            ssm = torch.where(m[:, None, None], ssm, ssm_state)
-            y = y * m[:, None].to(y.dtype)
-        return y, (conv, ssm)
+        return _hold_masked(mask_t, y, (conv, ssm), state)
 
 
 class RMSNormGated(nn.Module):
@@ -313,9 +317,4 @@ class Mamba2(nn.Module):
         y = torch.einsum("bhpn,bhn->bhp", ssm, Cm) + self.D[:, None] * x
         y = self.out_proj(self.norm(y.flatten(-2).to(z.dtype), z))
         ssm = ssm.to(ssm_state.dtype)
-        if mask_t is not None:
-            m = mask_t.bool()
-            conv = torch.where(m[:, None, None], conv, conv_state)
-            ssm = torch.where(m[:, None, None, None], ssm, ssm_state)
-            y = y * m[:, None].to(y.dtype)
-        return y, (conv, ssm)
+        return _hold_masked(mask_t, y, (conv, ssm), state)
