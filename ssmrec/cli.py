@@ -1,4 +1,4 @@
-"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`.
+"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`, `bench ...`.
 
 Every user-input error (SsmrecError) is printed as one line on stderr, exit code 2, no traceback.
 """
@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--set", action="append", metavar="KEY=VALUE")
     demo.set_defaults(func=_cmd_demo)
+
+    # Benchmarks live in ssmrec.bench.<name>; each module exposes add_parser(subparsers) which
+    # registers its own arguments and func (importing torch lazily, inside the command).
+    bench = sub.add_parser("bench", help="benchmarks: printed, saved as JSON + PNG").add_subparsers(
+        dest="bench_command", required=True
+    )
+    # (bench subcommands are registered below, one line each)
     return p
 
 
