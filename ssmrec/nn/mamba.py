@@ -7,16 +7,20 @@ Parameterisation, init, forward and recurrent step follow ``mamba_ssm.Mamba`` / 
   input zeroed, Delta forced to 0), so with LEFT padding real-position outputs equal the unpadded
   run and do not depend on the padded rows' content.
 * ``allocate_state`` / ``step`` (functional one-token inference) / ``forward_with_state`` (prefill).
-* ``scan_impl``: "ref" | "chunked" (Mamba2) | "cuda" | "auto". An explicit constructor value wins;
-  with "auto" the env var ``SSMREC_SCAN_IMPL`` (if set) is used, else cuda kernels when importable
-  and the input is on CUDA, else "ref" (Mamba) / "chunked" (Mamba2). Requests that cannot be
-  honoured fall back ("cuda" on CPU tensors -> best pure-PyTorch scan; "chunked" on Mamba-1 -> "ref").
+* ``scan_impl``: "auto" | "fused" (C++ CPU kernel, :mod:`ssmrec.nn.fused_scan`) | "cuda"
+  (``mamba_ssm``) | "ref" (sequential PyTorch) | "chunked" (Mamba2 SSD in PyTorch). An explicit
+  constructor value wins; with "auto" the env var ``SSMREC_SCAN_IMPL`` (if set) is used, else
+  ``mamba_ssm`` kernels when importable and the input is on CUDA, else the fused CPU kernel when it
+  builds, else the best pure-PyTorch scan ("ref" for Mamba, "chunked" for Mamba2) with one warning
+  saying why. Requests that cannot be honoured fall back the same way ("cuda" on CPU tensors ->
+  fused; "chunked" on Mamba-1 -> "ref"; "fused" on GPU tensors -> cuda or PyTorch).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fused_scan
 from .scan import selective_scan_ref, ssd_chunked, ssd_scan_ref
 
 try:  # guarded: mamba_ssm is optional (CUDA only)
@@ -37,7 +42,7 @@ except Exception:  # pragma: no cover
 
 __all__ = ["MambaConfig", "Mamba", "Mamba2", "RMSNormGated", "build_mamba", "SCAN_IMPLS"]
 
-SCAN_IMPLS = ("auto", "ref", "chunked", "cuda")
+SCAN_IMPLS = ("auto", "fused", "ref", "chunked", "cuda")
 State = tuple[Tensor, Tensor]
 
 
@@ -74,17 +79,37 @@ def build_mamba(cfg: MambaConfig) -> "Mamba | Mamba2":
     raise ValueError(f"MambaConfig.version must be 1 or 2, got {cfg.version}")
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str) -> str:
+    """Pick the scan for this call; see the module docstring for the rules."""
     impl = requested
     if impl == "auto":
         impl = os.environ.get("SSMREC_SCAN_IMPL", "").strip().lower() or "auto"
         if impl not in SCAN_IMPLS:
             raise ValueError(f"SSMREC_SCAN_IMPL={impl!r}; expected one of {SCAN_IMPLS}")
-    if impl in ("auto", "cuda"):
-        impl = "cuda" if (cuda_fn is not None and x.is_cuda) else fallback
     if impl == "chunked" and fallback == "ref":  # Mamba-1 has no chunked scan
         impl = "ref"
-    return impl
+    if impl in ("ref", "chunked"):
+        return impl
+    if x.is_cuda:
+        if cuda_fn is not None:
+            return "cuda"
+        _warn_once(f"ssmrec: mamba_ssm CUDA kernels are not importable; using the pure-PyTorch '{fallback}' scan")
+        return fallback
+    if x.device.type == "cpu" and fused_scan.fused_available():
+        return "fused"
+    why = (fused_scan.fused_unavailable_reason() if x.device.type == "cpu"
+           else f"tensors on {x.device.type}")
+    _warn_once(f"ssmrec: fused CPU scan unavailable ({why}); using the pure-PyTorch '{fallback}' scan")
+    return fallback
 
 
 def _check_impl(scan_impl: str) -> str:
@@ -178,6 +203,11 @@ class Mamba(nn.Module):
         delta, Bm, Cm = self._ssm_inputs(xc.transpose(1, 2), mask)
         A = -torch.exp(self.A_log.float())
         impl = _resolve_impl(self.scan_impl, u, _cuda_selective_scan, "ref")
+        if impl == "fused":  # channel-last kernel: x_proj / in_proj views go in without copies
+            y, last = fused_scan.scan_channel_last(
+                xc.transpose(1, 2), delta, A, Bm.unsqueeze(2), Cm.unsqueeze(2), self.D.float(), z)
+            state = (_conv_state_from(x, self.d_conv, mask), last) if want_state else None
+            return self.out_proj(y), state
         scan = _cuda_selective_scan if impl == "cuda" else selective_scan_ref
         args = (xc, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2))
         if impl == "cuda":
@@ -205,9 +235,15 @@ class Mamba(nn.Module):
         xc = F.silu(xc)
         delta, Bm, Cm = self._ssm_inputs(xc, None)
         A = -torch.exp(self.A_log.float())
-        ssm = ssm_state * torch.exp(delta[..., None] * A) + (delta * xc)[..., None] * Bm[:, None, :]
-        y = torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc
-        y = self.out_proj(y * F.silu(z))
+        if _resolve_impl(self.scan_impl, x_t, None, "ref") == "fused":  # one kernel call, L = 1
+            y, ssm = fused_scan.scan_channel_last(xc[:, None], delta[:, None], A, Bm[:, None, None],
+                                                  Cm[:, None, None], self.D.float(), z[:, None],
+                                                  initial_state=ssm_state)
+            y = y[:, 0]
+        else:
+            ssm = ssm_state * torch.exp(delta[..., None] * A) + (delta * xc)[..., None] * Bm[:, None, :]
+            y = (torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc) * F.silu(z)
+        y = self.out_proj(y)
         ssm = ssm.to(ssm_state.dtype)
         return _hold_masked(mask_t, y, (conv, ssm), state)
 
@@ -276,12 +312,21 @@ class Mamba2(nn.Module):
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)  # padded steps: zero pre-conv input
         xBC_t = xBC.transpose(1, 2)  # (B, conv_dim, L)
-        x, Bm, Cm = self._split_xbc(F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2))
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, L, nheads)
         if mask is not None:
             dt = dt * mask[..., None].to(dt.dtype)  # padded steps: Delta = 0 -> exact no-op
         A = -torch.exp(self.A_log.float())
         impl = _resolve_impl(self.scan_impl, u, _cuda_ssd, "chunked")
+        xBC_cl = F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2)
+        if impl == "fused":  # one channel-last copy; x, B, C are views of it
+            xBC_cl = xBC_cl.contiguous()
+        x, Bm, Cm = self._split_xbc(xBC_cl)
+        if impl == "fused":
+            y, last = fused_scan.scan_channel_last(x.flatten(-2), dt, A, Bm, Cm, self.D.float(), head=self.headdim)
+            y = self.out_proj(self.norm(y, z))
+            state = (_conv_state_from(xBC_t, self.d_conv, mask), last.view(Bsz, self.nheads, self.headdim, -1)) \
+                if want_state else None
+            return y, state
         if impl == "cuda":
             out = _cuda_ssd(x.contiguous(), dt.contiguous(), A, Bm.contiguous(), Cm.contiguous(),
                             self.chunk_size, D=self.D.float(), return_final_states=want_state)
@@ -309,12 +354,19 @@ class Mamba2(nn.Module):
         if self.conv1d.bias is not None:
             xBC = xBC + self.conv1d.bias
         x, Bm, Cm = self._split_xbc(F.silu(xBC))  # (B, h, p), (B, g, N), (B, g, N)
-        r = self.nheads // self.ngroups
-        Bm, Cm = Bm.repeat_interleave(r, dim=1), Cm.repeat_interleave(r, dim=1)  # (B, h, N)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, h)
-        dA = torch.exp(dt * -torch.exp(self.A_log.float()))
-        ssm = ssm_state * dA[..., None, None] + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]
-        y = torch.einsum("bhpn,bhn->bhp", ssm, Cm) + self.D[:, None] * x
-        y = self.out_proj(self.norm(y.flatten(-2).to(z.dtype), z))
+        A = -torch.exp(self.A_log.float())
+        if _resolve_impl(self.scan_impl, x_t, None, "chunked") == "fused":  # one kernel call, L = 1
+            Bsz = x.shape[0]
+            y, ssm = fused_scan.scan_channel_last(
+                x.reshape(Bsz, 1, -1), dt[:, None], A, Bm[:, None], Cm[:, None], self.D.float(),
+                initial_state=ssm_state.reshape(Bsz, self.d_inner, -1), head=self.headdim)
+            y, ssm = y[:, 0], ssm.view_as(ssm_state)
+        else:
+            r = self.nheads // self.ngroups
+            Bm, Cm = Bm.repeat_interleave(r, dim=1), Cm.repeat_interleave(r, dim=1)  # (B, h, N)
+            ssm = ssm_state * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]
+            y = (torch.einsum("bhpn,bhn->bhp", ssm, Cm) + self.D[:, None] * x).flatten(-2)
+        y = self.out_proj(self.norm(y.to(z.dtype), z))
         ssm = ssm.to(ssm_state.dtype)
         return _hold_masked(mask_t, y, (conv, ssm), state)

@@ -209,7 +209,7 @@ def small_block(kind: str, scan_impl: str = "auto", seed: int = 0):
     return m
 
 
-BLOCKS = [("mamba", "ref"), ("mamba2", "ref"), ("mamba2", "chunked")]
+BLOCKS = [("mamba", "ref"), ("mamba2", "ref"), ("mamba2", "chunked"), ("mamba", "fused"), ("mamba2", "fused")]
 
 
 @pytest.mark.parametrize("kind, impl", BLOCKS)
@@ -321,19 +321,48 @@ def test_scan_impl_selection(monkeypatch):
     for name in ("ssd_scan_ref", "ssd_chunked", "selective_scan_ref"):
         fn = getattr(mamba_mod, name)
         monkeypatch.setattr(mamba_mod, name, lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
+    fused_fn = mamba_mod.fused_scan.scan_channel_last
+    monkeypatch.setattr(mamba_mod.fused_scan, "scan_channel_last",
+                        lambda *a, **k: (calls.append("fused"), fused_fn(*a, **k))[1])
     x = torch.randn(1, 3, 16)
     monkeypatch.delenv("SSMREC_SCAN_IMPL", raising=False)
     small_block("mamba2")(x)
     small_block("mamba")(x)
-    small_block("mamba2", "cuda")(x)  # CPU tensors -> falls back to the pure-PyTorch scan
-    assert calls == ["ssd_chunked", "selective_scan_ref", "ssd_chunked"]
+    small_block("mamba2", "cuda")(x)  # CPU tensors -> the fused CPU kernel
+    assert calls == ["fused", "fused", "fused"]
     calls.clear()
     monkeypatch.setenv("SSMREC_SCAN_IMPL", "ref")
     small_block("mamba2")(x)
     small_block("mamba2", "chunked")(x)  # explicit constructor choice wins over the env var
-    assert calls == ["ssd_scan_ref", "ssd_chunked"]
+    small_block("mamba", "chunked")(x)  # Mamba-1 has no chunked scan -> ref
+    assert calls == ["ssd_scan_ref", "ssd_chunked", "selective_scan_ref"]
+    calls.clear()
+    monkeypatch.setenv("SSMREC_SCAN_IMPL", "fused")
+    small_block("mamba")(x)
+    assert calls == ["fused"]
     monkeypatch.setenv("SSMREC_SCAN_IMPL", "bogus")
     with pytest.raises(ValueError):
         small_block("mamba2")(x)
     with pytest.raises(ValueError):
         Mamba(16, scan_impl="fast")
+
+
+def test_fallback_when_fused_kernel_cannot_build_warns_once(monkeypatch):
+    """No compiler / no ninja: pure-PyTorch scans, one warning that says why."""
+    import warnings
+
+    monkeypatch.delenv("SSMREC_SCAN_IMPL", raising=False)
+    monkeypatch.setattr(mamba_mod.fused_scan, "fused_available", lambda: False)
+    monkeypatch.setattr(mamba_mod.fused_scan, "fused_unavailable_reason", lambda: "RuntimeError: Ninja is required")
+    monkeypatch.setattr(mamba_mod, "_warned", set())
+    calls = []
+    fn = mamba_mod.ssd_chunked
+    monkeypatch.setattr(mamba_mod, "ssd_chunked", lambda *a, **k: (calls.append("chunked"), fn(*a, **k))[1])
+    x = torch.randn(1, 3, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small_block("mamba2")(x)
+        small_block("mamba2")(x)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert calls == ["chunked", "chunked"]
+    assert len(msgs) == 1 and "Ninja is required" in msgs[0] and "chunked" in msgs[0]

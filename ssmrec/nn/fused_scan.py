@@ -1,0 +1,169 @@
+"""Fused CPU selective scans (C++), compiled on first use and cached.
+
+Why C++ through ``torch.utils.cpp_extension`` (and not numba or pure PyTorch): every pure-PyTorch
+formulation of the scan materialises ``(B, L, d_inner, d_state)`` tensors, so it is bound by memory
+traffic; a fused loop keeps each channel block's state in L1 and reads each input once. The C++
+kernel links against the installed torch (no extra runtime dependency), uses ATen's thread pool
+(``torch.set_num_threads`` applies), takes strided views without copies, and supports float64 for
+gradcheck. It needs a C++ compiler and ``ninja`` (a dependency of ssmrec) at first use; the build
+(~30-60 s) is cached in ``$SSMREC_EXT_DIR`` (default ``~/.cache/ssmrec/ext``). When the build is not
+possible the blocks fall back to the pure-PyTorch scans with one warning (see ``fused_available``).
+
+Public functions mirror the reference signatures in :mod:`ssmrec.nn.scan`:
+
+* :func:`selective_scan_fused` -- Mamba-1, ``mamba_ssm`` layout ``u, delta (b, d, L)``.
+* :func:`ssd_scan_fused` -- Mamba-2 / SSD, ``x (b, L, h, p)``, ``dt (b, L, h)``, scalar ``A (h,)``.
+* :func:`scan_channel_last` -- the kernel's native layout ``(b, L, channels)`` used by the blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["fused_available", "fused_unavailable_reason", "load_extension", "scan_channel_last",
+           "selective_scan_fused", "ssd_scan_fused"]
+
+_SRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+_EXT_NAME = "ssmrec_selective_scan_cpu_v3"
+_lock = threading.Lock()
+_ext = None
+_error: str | None = None
+
+
+def _build_dir() -> Path:
+    root = Path(os.environ.get("SSMREC_EXT_DIR", Path.home() / ".cache" / "ssmrec" / "ext"))
+    d = root / f"torch{torch.__version__.split('+')[0]}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_extension():
+    """Compile (first call) or load the cached kernel. Returns the module or None (see reason)."""
+    global _ext, _error
+    if _ext is not None or _error is not None:
+        return _ext
+    with _lock:
+        if _ext is not None or _error is not None:
+            return _ext
+        try:
+            from torch.utils import cpp_extension
+
+            build_dir = _build_dir()
+            if not (build_dir / f"{_EXT_NAME}.so").exists():
+                print(f"ssmrec: building the fused CPU scan kernel (first use, ~1 min; cached in {build_dir})",
+                      file=sys.stderr, flush=True)
+
+            _ext = cpp_extension.load(
+                name=_EXT_NAME, sources=[str(_SRC)], build_directory=str(build_dir),
+                # -march=native: the cache lives on the machine that built it; -fopenmp-simd only
+                # (threads come from ATen's pool, so no second OpenMP runtime is linked).
+                extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
+                verbose=False)
+        except Exception as e:  # no compiler / ninja / headers: fall back, say why once
+            _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            _ext = None
+    return _ext
+
+
+def fused_available() -> bool:
+    return load_extension() is not None
+
+
+def fused_unavailable_reason() -> str | None:
+    load_extension()
+    return _error
+
+
+def _compute_dtype(*ts: Tensor | None) -> torch.dtype:
+    dt = torch.float32
+    for t in ts:
+        if t is not None:
+            dt = torch.promote_types(dt, t.dtype)
+    return dt
+
+
+def _unit_last(t: Tensor | None) -> Tensor | None:
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+class _ScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, init, softplus: bool, head: int):
+        ext = load_extension()
+        out, last = ext.scan_fwd(u, delta, A, B, C, D, z, delta_bias, init, softplus, head)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, init)
+        ctx.softplus, ctx.head = softplus, head
+        ctx.mark_non_differentiable(last)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, _dlast):
+        u, delta, A, B, C, D, z, delta_bias, init = ctx.saved_tensors
+        head = ctx.head
+        du, ddelta, dz, dB, dC, dA, dD, dbias, dinit = load_extension().scan_bwd(
+            dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, init, ctx.softplus, head)
+        if head > 1:  # delta, A, D, bias are per head: sum the per-channel gradients of each head
+            b, L, d = du.shape
+            ddelta = ddelta.view(b, L, d // head, head).sum(-1)
+            dD, dbias = dD.view(-1, head).sum(-1), dbias.view(-1, head).sum(-1)
+            if A.dim() == 1:
+                dA = dA.view(-1, head).sum(-1)
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+                dbias if delta_bias is not None else None, dinit if init is not None else None, None, None)
+
+
+def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                      z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                      initial_state: Tensor | None = None, head: int = 1) -> tuple[Tensor, Tensor]:
+    """Fused scan in the kernel's layout. u, z: (b, L, d); delta: (b, L, d/head); A: (d, n) or
+    (d/head,); B, C: (b, L, g, n); D, delta_bias: (d/head,); initial_state: (b, d, n).
+
+    Returns ``(y (b, L, d), last_state (b, d, n))`` (the state is not differentiable). Computes in
+    float32 (float64 if any input is float64) and returns y in u's dtype.
+    """
+    dtype_in = u.dtype
+    cd = _compute_dtype(u, delta, A, B, C)
+    cast = lambda t: None if t is None else _unit_last(t.to(cd))  # noqa: E731
+    u, delta, z = cast(u), cast(delta), cast(z)
+    B, C = cast(B), cast(C)
+    if B.stride() != C.stride() or (B.shape[2] > 1 and B.stride(2) != B.shape[3]):
+        B, C = B.contiguous(), C.contiguous()
+    A = A.to(cd).contiguous()
+    D = None if D is None else D.to(cd).contiguous()
+    delta_bias = None if delta_bias is None else delta_bias.to(cd).contiguous()
+    initial_state = None if initial_state is None else initial_state.to(cd).contiguous()
+    y, last = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), int(head))
+    return y.to(dtype_in), last
+
+
+def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                         z: Tensor | None = None, delta_bias: Tensor | None = None,
+                         delta_softplus: bool = False, return_last_state: bool = False,
+                         initial_state: Tensor | None = None):
+    """Drop-in for :func:`ssmrec.nn.scan.selective_scan_ref` (``mamba_ssm`` layout): u, delta, z
+    (b, d, L); A (d, n); B, C (b, n, L) or (b, g, n, L); D, delta_bias (d,); initial_state (b, d, n)."""
+    if B.dim() == 2 or C.dim() == 2:
+        raise NotImplementedError("time-invariant B/C: use selective_scan_ref")
+    to_bl = lambda M: M.unsqueeze(1).permute(0, 3, 1, 2) if M.dim() == 3 else M.permute(0, 3, 1, 2)  # noqa: E731
+    y, last = scan_channel_last(u.transpose(1, 2), delta.transpose(1, 2), A, to_bl(B), to_bl(C), D,
+                                None if z is None else z.transpose(1, 2), delta_bias, delta_softplus,
+                                initial_state)
+    y = y.transpose(1, 2)
+    return (y, last) if return_last_state else y
+
+
+def ssd_scan_fused(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   return_last_state: bool = False, initial_state: Tensor | None = None):
+    """Drop-in for :func:`ssmrec.nn.scan.ssd_scan_ref`: x (b, L, h, p); dt (b, L, h) (biased,
+    softplus'ed); A, D (h,); B, C (b, L, g, n); initial_state (b, h, p, n)."""
+    b, L, h, p = x.shape
+    init = None if initial_state is None else initial_state.reshape(b, h * p, -1)
+    y, last = scan_channel_last(x.reshape(b, L, h * p), dt, A, B, C, D, None, None, False, init, head=p)
+    y = y.view(b, L, h, p)
+    return (y, last.view(b, h, p, -1)) if return_last_state else y
