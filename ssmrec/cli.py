@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # (bench subcommands are registered below, one line each)
     __import__("ssmrec.bench.ctr", fromlist=["add_parser"]).add_parser(bench)
+    __import__("ssmrec.bench.embed", fromlist=["add_parser"]).add_parser(bench)
     return p
 
 

@@ -93,6 +93,14 @@ def _image_batches(paths: list, chunks: list[np.ndarray], pool: ThreadPoolExecut
         yield chunk, loaded
 
 
+def iter_batches(modality: str, table: ItemTable, chunks: list[np.ndarray], pool: ThreadPoolExecutor | None):
+    """``(chunk, [(input|None, bad reason|None), ...])`` per chunk of row indices: decoded covers
+    (``pool`` decodes ahead) or titles."""
+    if modality == "image":
+        return _image_batches(table.covers, chunks, pool)
+    return ((c, [(table.titles[i], None) for i in c]) for c in chunks)
+
+
 class _Report:
     def __init__(self, log):
         self.log = log
@@ -136,11 +144,7 @@ def _encode_modality(modality, spec, table: ItemTable, cache_root: Path, batch_s
                dynamic_ncols=True, smoothing=0.1)
     pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) if modality == "image" else None
     try:
-        if modality == "image":
-            batches = _image_batches(table.covers, chunks, pool)
-        else:
-            batches = ((c, [(table.titles[i], None) for i in c]) for c in chunks)
-        for n_batches, (chunk, loaded) in enumerate(batches, 1):
+        for n_batches, (chunk, loaded) in enumerate(iter_batches(modality, table, chunks, pool), 1):
             good = [k for k, (x, _) in enumerate(loaded) if x is not None]
             for k, (_, reason) in enumerate(loaded):
                 if reason is not None:
