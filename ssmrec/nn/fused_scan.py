@@ -30,15 +30,36 @@ __all__ = ["fused_available", "fused_unavailable_reason", "load_extension", "sca
            "selective_scan_fused", "ssd_scan_fused"]
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
-_EXT_NAME = "ssmrec_selective_scan_cpu_v3"
+_EXT_NAME = "ssmrec_selective_scan_cpu"
 _lock = threading.Lock()
 _ext = None
 _error: str | None = None
 
 
+_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+
+
+def _cpu_signature() -> str:
+    """-march=native binaries must not be reused on a CPU with fewer instruction sets (shared homes)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
 def _build_dir() -> Path:
+    """One folder per (source, flags, torch) digest: concurrent processes building different
+    versions never share a build.ninja, and an edited kernel is rebuilt automatically."""
+    import hashlib
+
     root = Path(os.environ.get("SSMREC_EXT_DIR", Path.home() / ".cache" / "ssmrec" / "ext"))
-    d = root / f"torch{torch.__version__.split('+')[0]}"
+    key = hashlib.sha1(_SRC.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode()
+                       + _cpu_signature().encode()).hexdigest()
+    d = root / f"{_EXT_NAME}-{key[:16]}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -63,7 +84,7 @@ def load_extension():
                 name=_EXT_NAME, sources=[str(_SRC)], build_directory=str(build_dir),
                 # -march=native: the cache lives on the machine that built it; -fopenmp-simd only
                 # (threads come from ATen's pool, so no second OpenMP runtime is linked).
-                extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
+                extra_cflags=_CFLAGS,
                 verbose=False)
         except Exception as e:  # no compiler / ninja / headers: fall back, say why once
             _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
@@ -88,8 +109,17 @@ def _compute_dtype(*ts: Tensor | None) -> torch.dtype:
     return dt
 
 
-def _unit_last(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+def _unit_last(t: Tensor | None, dims: int = 1) -> Tensor | None:
+    """Copy unless the last ``dims`` dims are packed (checked on strides: PyTorch's contiguity test
+    ignores size-1 dims, whose strides may be anything)."""
+    if t is None:
+        return t
+    expect = 1
+    for k in range(1, dims + 1):
+        if t.stride(-k) != expect:
+            return t.new_empty(t.shape).copy_(t)
+        expect *= t.shape[-k]
+    return t
 
 
 class _ScanFn(torch.autograd.Function):
@@ -131,13 +161,13 @@ def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     cd = _compute_dtype(u, delta, A, B, C)
     cast = lambda t: None if t is None else _unit_last(t.to(cd))  # noqa: E731
     u, delta, z = cast(u), cast(delta), cast(z)
-    B, C = cast(B), cast(C)
-    if B.stride() != C.stride() or (B.shape[2] > 1 and B.stride(2) != B.shape[3]):
-        B, C = B.contiguous(), C.contiguous()
-    A = A.to(cd).contiguous()
-    D = None if D is None else D.to(cd).contiguous()
-    delta_bias = None if delta_bias is None else delta_bias.to(cd).contiguous()
-    initial_state = None if initial_state is None else initial_state.to(cd).contiguous()
+    B, C = _unit_last(B.to(cd), 2), _unit_last(C.to(cd), 2)
+    if B.stride() != C.stride():
+        B, C = _unit_last(B, 4), _unit_last(C, 4)
+    A = _unit_last(A.to(cd), A.dim())
+    D = None if D is None else _unit_last(D.to(cd))
+    delta_bias = None if delta_bias is None else _unit_last(delta_bias.to(cd))
+    initial_state = None if initial_state is None else _unit_last(initial_state.to(cd), 3)
     y, last = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), int(head))
     return y.to(dtype_in), last
 

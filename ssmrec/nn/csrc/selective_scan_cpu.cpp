@@ -300,7 +300,7 @@ struct Scan {
 };
 
 void check_last_unit(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() >= 1 && t.stride(-1) == 1, name, " must have unit stride in its last dimension");
+  TORCH_CHECK(t.dim() >= 1 && (t.stride(-1) == 1 || t.size(-1) == 1), name, " must have unit stride in its last dimension");
 }
 
 template <typename T>
