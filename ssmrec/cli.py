@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True
     )
     # (bench subcommands are registered below, one line each)
+    __import__("ssmrec.bench.block", fromlist=["add_parser"]).add_parser(bench)
     __import__("ssmrec.bench.ctr", fromlist=["add_parser"]).add_parser(bench)
     __import__("ssmrec.bench.embed", fromlist=["add_parser"]).add_parser(bench)
     return p
