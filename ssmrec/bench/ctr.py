@@ -353,7 +353,7 @@ def render_markdown(results: dict) -> str:
 
 
 def _paper_section(ok: list[dict], meta: dict) -> list[str]:
-    rows = [r for r in ok if r.get("paper")]
+    rows = [r for r in ok if r.get("paper") and r.get("valid_auc") is not None]
     if not rows:
         return []
     our_rank = {r["label"]: i for i, r in enumerate(sorted(rows, key=lambda r: -r["valid_auc"]), 1)}
@@ -383,6 +383,8 @@ def plot_auc_vs_time(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     meta = results["meta"]
     for r in ok:
+        if r.get("valid_auc") is None or r.get("train_s_per_epoch") is None:
+            continue
         ax.scatter(r["train_s_per_epoch"], r["valid_auc"], s=36)
         ax.annotate(r["label"], (r["train_s_per_epoch"], r["valid_auc"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)
@@ -432,22 +434,13 @@ def cmd_bench_ctr(args) -> int:
         raise SsmrecError(f"--infer-repeats must be >= 1, got {args.infer_repeats}")
     out = Path(args.out)
     data = _resolve_data(args)
-    runs_dir = (out / "runs").resolve()
-    # Resolve and validate every config before training anything (a typo should not cost an hour).
-    plans = []
+    # Cheap checks first (no torch import): every config file exists, --resume settings match.
     for e in entries:
-        path, run_config = run_config_for(e, list_path, data_dir=str(data.resolve()), epochs=args.epochs,
-                                          seed=args.seed, sets=args.set or [], threads=args.threads,
-                                          runs_dir=runs_dir)
-        ref_path, ref_config = reference_config_for(e)
-        plans.append((e, {"label": e.label, "config_path": str(path), "run_config": run_config,
-                          "reference_path": str(ref_path), "reference_config": ref_config,
-                          "infer_repeats": args.infer_repeats}))
-
+        if not _config_path(e.config).is_file():
+            raise ConfigError(f"{list_path}: model '{e.label}': config '{e.config}' not found "
+                              f"({_config_path(e.config)} does not exist)")
     settings = {"data_dir": str(data), "epochs": args.epochs, "seed": args.seed, "set": list(args.set or []),
                 "threads_requested": args.threads}
-    import torch
-
     kept: dict[str, dict] = {}
     results_path = out / "results.json"
     if args.resume and results_path.is_file():
@@ -461,6 +454,20 @@ def cmd_bench_ctr(args) -> int:
             raise SsmrecError(f"{results_path}: measured with other settings ({diff}); drop --resume or use "
                               f"another --out")
         kept = {r["label"]: r for r in old_records}
+
+    # Resolve and validate every config before training anything (a typo should not cost an hour).
+    runs_dir = (out / "runs").resolve()
+    plans = []
+    for e in entries:
+        path, run_config = run_config_for(e, list_path, data_dir=str(data.resolve()), epochs=args.epochs,
+                                          seed=args.seed, sets=args.set or [], threads=args.threads,
+                                          runs_dir=runs_dir)
+        ref_path, ref_config = reference_config_for(e)
+        plans.append((e, {"label": e.label, "config_path": str(path), "run_config": run_config,
+                          "reference_path": str(ref_path), "reference_config": ref_config,
+                          "infer_repeats": args.infer_repeats}))
+
+    import torch
 
     meta = {"settings": settings, "data_dir": str(data), "epochs": args.epochs, "seed": args.seed,
             "torch": torch.__version__, "threads": None, "machine": machine_info(), "list": str(list_path),
@@ -483,7 +490,7 @@ def cmd_bench_ctr(args) -> int:
         prev = kept.get(e.label)
         entry_dict = asdict(e)
         if prev and prev.get("status") == "ok" and prev.get("entry") == entry_dict:
-            print(f"[{i}/{n}] {e.label}: kept from {results_path} (valid AUC {prev['valid_auc']:.4f})", flush=True)
+            print(f"[{i}/{n}] {e.label}: kept from {results_path} (valid AUC {_fmt(prev.get('valid_auc'), '.4f')})", flush=True)
             continue
         print(f"[{i}/{n}] {e.label}: training {e.config} (log {out / 'logs' / (e.label + '.log')}) "
               f"· bench elapsed {format_seconds(time.perf_counter() - t_bench)}", flush=True)
@@ -492,7 +499,7 @@ def cmd_bench_ctr(args) -> int:
         records[e.label] = rec
         sync()
         if rec["status"] == "ok":
-            print(f"[{i}/{n}] {e.label}: valid AUC {rec['valid_auc']:.4f} · {rec['train_s_per_epoch']:.1f} s/epoch · "
+            print(f"[{i}/{n}] {e.label}: valid AUC {_fmt(rec.get('valid_auc'), '.4f')} · {rec['train_s_per_epoch']:.1f} s/epoch · "
                   f"model {format_seconds(rec['wall_s'])} · bench elapsed "
                   f"{format_seconds(time.perf_counter() - t_bench)}", flush=True)
         else:
