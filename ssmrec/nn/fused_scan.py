@@ -168,7 +168,11 @@ def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D = None if D is None else _unit_last(D.to(cd))
     delta_bias = None if delta_bias is None else _unit_last(delta_bias.to(cd))
     initial_state = None if initial_state is None else _unit_last(initial_state.to(cd), 3)
-    y, last = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), int(head))
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        y, last = _ScanFn.apply(*args, bool(delta_softplus), int(head))
+    else:  # inference / step(): skip the autograd.Function machinery (~tens of us per call)
+        y, last = load_extension().scan_fwd(*args, bool(delta_softplus), int(head))
     return y.to(dtype_in), last
 
 
