@@ -1,5 +1,5 @@
-"""Reusable CTR blocks, each written once: MLP, quadratic network (QNN), attentional GRU,
-residual GELU head, masked pooling/softmax and FuxiCTR-style initialisation."""
+"""Reusable CTR blocks, each written once: MLP, Dice, quadratic network (QNN), DCN-V2 cross network,
+attentional GRU, residual GELU head, masked pooling/softmax and FuxiCTR-style initialisation."""
 
 from __future__ import annotations
 
@@ -26,12 +26,36 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tens
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1e-12)
 
 
-def activation(name: str) -> nn.Module:
+ACTIVATIONS = ("relu", "gelu", "prelu", "silu", "tanh", "dice")
+
+
+def activation(name: str, dim: int | None = None) -> nn.Module:
+    """Activation by name; ``dice`` is per-unit and needs the layer width ``dim``."""
+    if name == "dice":
+        if dim is None:
+            raise ValueError("the dice activation needs the layer width")
+        return Dice(dim)
     return {"relu": nn.ReLU, "gelu": nn.GELU, "prelu": nn.PReLU, "silu": nn.SiLU, "tanh": nn.Tanh}[name]()
 
 
+class Dice(nn.Module):
+    """DIN's data-adaptive activation (FuxiCTR ``Dice``): ``p = sigmoid(BN(x))`` with a non-affine
+    BatchNorm (eps 1e-9, momentum 0.01), output ``p * x + alpha * (1 - p) * x``, one alpha per unit
+    initialised to 0. Expects ``(N, dim)`` input."""
+
+    def __init__(self, dim: int, eps: float = 1e-9):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=eps, momentum=0.01)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        p = torch.sigmoid(self.bn(x))
+        return p * x + (1 - p) * self.alpha * x
+
+
 class MLP(nn.Module):
-    """Linear -> [BatchNorm] -> activation -> [Dropout] per hidden layer; optional output layer."""
+    """Linear -> [BatchNorm] -> activation -> [Dropout] per hidden layer; optional output layer.
+    Input ``(N, d_in)`` (BatchNorm and Dice need a 2-D batch: flatten sequences first)."""
 
     def __init__(self, d_in, hidden, d_out=None, act="relu", dropout=0.0, batch_norm=False):
         super().__init__()
@@ -40,7 +64,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(activation(act))
+            layers.append(activation(act, h))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h
@@ -73,6 +97,21 @@ class QuadraticNet(nn.Module):
         for proj, norm, act in zip(self.proj, self.norm, self.act):
             h = self.dropout(proj(x)).view(x.shape[0], self.num_row, -1).sum(1)
             x = x + self.dropout(act(norm(x * h)))
+        return x
+
+
+class CrossNetV2(nn.Module):
+    """DCN-V2's cross network: ``x_{k+1} = x_k + x_0 * (W_k x_k + b_k)`` with full ``dim x dim``
+    matrices, width-preserving."""
+
+    def __init__(self, dim, num_layers=3):
+        super().__init__()
+        self.cross = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+
+    def forward(self, x0):
+        x = x0
+        for lin in self.cross:
+            x = x + x0 * lin(x)
         return x
 
 

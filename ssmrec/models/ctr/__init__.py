@@ -5,9 +5,19 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ssmrec.errors import ConfigError
+from ssmrec.models.ctr.din import DIN, DINConfig
+from ssmrec.models.ctr.dmf import DMF, DMFConfig
 from ssmrec.models.ctr.mambactr import MambaCTR, MambaCTRConfig
+from ssmrec.models.ctr.qin import QIN, QINConfig
+from ssmrec.models.ctr.transformer_dcn import TransformerDCN, TransformerDCNConfig
 
-CTR_MODELS = {"mambactr": (MambaCTR, MambaCTRConfig)}
+CTR_MODELS = {
+    "mambactr": (MambaCTR, MambaCTRConfig),
+    "din": (DIN, DINConfig),
+    "qin": (QIN, QINConfig),
+    "transformer_dcn": (TransformerDCN, TransformerDCNConfig),
+    "dmf": (DMF, DMFConfig),
+}
 
 
 def model_config(name: str, params: dict, source: str = "config"):

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import (AttentionalGRU, QuadraticNet, ResidualGELUHead, fuxictr_init, masked_max,
                               masked_softmax)
@@ -80,9 +81,9 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.stage1 == "transformer":
-            layer = nn.TransformerEncoderLayer(d_model, cfg.transformer_heads, cfg.transformer_ffn,
-                                               cfg.transformer_dropout, batch_first=True)
-            self.layers = nn.TransformerEncoder(layer, cfg.stage1_layers, enable_nested_tensor=False)
+            self.layers = MaskedTransformerEncoder(d_model, cfg.transformer_heads, cfg.transformer_ffn,
+                                                   cfg.transformer_dropout, cfg.stage1_layers,
+                                                   cfg.inverted_padding_mask)
             self.norms = None
         else:
             block = Mamba2 if cfg.stage1 == "mamba2" else Mamba
@@ -98,12 +99,7 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x, mask):
         if self.cfg.stage1 == "transformer":
-            ignore = mask if self.cfg.inverted_padding_mask else ~mask
-            # A row with every key ignored would give NaN: let it attend to its last slot.
-            all_ignored = ignore.all(dim=1)
-            ignore = ignore.clone()
-            ignore[all_ignored, -1] = False
-            return self.layers(x, src_key_padding_mask=ignore)
+            return self.layers(x, mask)
         ssm_mask = mask if self.cfg.padding_noop else None
         for block, norm in zip(self.layers, self.norms):
             if self.cfg.stage1_prenorm_residual:
