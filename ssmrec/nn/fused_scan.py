@@ -14,6 +14,8 @@ Public functions mirror the reference signatures in :mod:`ssmrec.nn.scan`:
 * :func:`selective_scan_fused` -- Mamba-1, ``mamba_ssm`` layout ``u, delta (b, d, L)``.
 * :func:`ssd_scan_fused` -- Mamba-2 / SSD, ``x (b, L, h, p)``, ``dt (b, L, h)``, scalar ``A (h,)``.
 * :func:`scan_channel_last` -- the kernel's native layout ``(b, L, channels)`` used by the blocks.
+* :func:`causal_conv1d_silu` -- the blocks' causal depthwise conv + SiLU, channel-last, fwd + bwd
+  (saves the transposed copies and the slow depthwise-conv backward of ``nn.Conv1d`` on CPU).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["fused_available", "fused_unavailable_reason", "load_extension", "scan_channel_last",
-           "selective_scan_fused", "ssd_scan_fused"]
+__all__ = ["causal_conv1d_silu", "fused_available", "fused_unavailable_reason", "load_extension",
+           "scan_channel_last", "selective_scan_fused", "ssd_scan_fused"]
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 _EXT_NAME = "ssmrec_selective_scan_cpu"
@@ -201,3 +203,32 @@ def ssd_scan_fused(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Te
     y, last = scan_channel_last(x.reshape(b, L, h * p), dt, A, B, C, D, None, None, False, init, head=p)
     y = y.view(b, L, h, p)
     return (y, last.view(b, h, p, -1)) if return_last_state else y
+
+
+class _ConvSiluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return load_extension().conv_silu_fwd(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, db = load_extension().conv_silu_bwd(dy.contiguous(), x, weight, bias)
+        return dx, dw, (db if bias is not None else None)
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``silu(causal depthwise conv1d)`` in channel-last layout: x (b, L, C) (batch/time strides
+    free), weight (C, K) or ``nn.Conv1d``'s (C, 1, K), bias (C,). Equals
+    ``F.silu(F.conv1d(x.transpose(1, 2), weight, bias, padding=K-1, groups=C)[..., :L]).transpose(1, 2)``."""
+    dtype_in = x.dtype
+    cd = _compute_dtype(x, weight)
+    x = _unit_last(x.to(cd))
+    weight = _unit_last(weight.reshape(weight.shape[0], -1).to(cd), 2)
+    bias = None if bias is None else _unit_last(bias.to(cd))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        y = _ConvSiluFn.apply(x, weight, bias)
+    else:
+        y = load_extension().conv_silu_fwd(x, weight, bias)
+    return y.to(dtype_in)

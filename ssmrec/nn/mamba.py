@@ -198,16 +198,18 @@ class Mamba(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each; one matmul
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)  # padded steps: zero pre-conv input
+        impl = _resolve_impl(self.scan_impl, u, _cuda_selective_scan, "ref")
+        if impl == "fused":  # channel-last conv + scan kernels: no transposed copies
+            xc = fused_scan.causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
+            delta, Bm, Cm = self._ssm_inputs(xc, mask)
+            y, last = fused_scan.scan_channel_last(xc, delta, -torch.exp(self.A_log.float()), Bm.unsqueeze(2),
+                                                   Cm.unsqueeze(2), self.D.float(), z)
+            state = (_conv_state_from(x.transpose(1, 2), self.d_conv, mask), last) if want_state else None
+            return self.out_proj(y), state
         x = x.transpose(1, 2)  # (B, d_inner, L)
         xc = F.silu(self.conv1d(x)[..., :L])
         delta, Bm, Cm = self._ssm_inputs(xc.transpose(1, 2), mask)
         A = -torch.exp(self.A_log.float())
-        impl = _resolve_impl(self.scan_impl, u, _cuda_selective_scan, "ref")
-        if impl == "fused":  # channel-last kernel: x_proj / in_proj views go in without copies
-            y, last = fused_scan.scan_channel_last(
-                xc.transpose(1, 2), delta, A, Bm.unsqueeze(2), Cm.unsqueeze(2), self.D.float(), z)
-            state = (_conv_state_from(x, self.d_conv, mask), last) if want_state else None
-            return self.out_proj(y), state
         scan = _cuda_selective_scan if impl == "cuda" else selective_scan_ref
         args = (xc, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2))
         if impl == "cuda":
@@ -317,9 +319,10 @@ class Mamba2(nn.Module):
             dt = dt * mask[..., None].to(dt.dtype)  # padded steps: Delta = 0 -> exact no-op
         A = -torch.exp(self.A_log.float())
         impl = _resolve_impl(self.scan_impl, u, _cuda_ssd, "chunked")
-        xBC_cl = F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2)
-        if impl == "fused":  # one channel-last copy; x, B, C are views of it
-            xBC_cl = xBC_cl.contiguous()
+        if impl == "fused":  # channel-last conv kernel; x, B, C are views of its output
+            xBC_cl = fused_scan.causal_conv1d_silu(xBC, self.conv1d.weight, self.conv1d.bias)
+        else:
+            xBC_cl = F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2)
         x, Bm, Cm = self._split_xbc(xBC_cl)
         if impl == "fused":
             y, last = fused_scan.scan_channel_last(x.flatten(-2), dt, A, Bm, Cm, self.D.float(), head=self.headdim)

@@ -136,3 +136,40 @@ def test_low_precision_inputs_compute_in_float32():
     y32 = ssd_scan_fused(*(tb[k].float() for k in ("x", "dt", "A", "B", "C", "D")))
     assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
     torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
+
+
+def _conv_ref(x, w, b):
+    K, L = w.shape[-1], x.shape[1]
+    return torch.nn.functional.silu(
+        torch.nn.functional.conv1d(x.transpose(1, 2), w.view(w.shape[0], 1, K), b, padding=K - 1,
+                                   groups=w.shape[0])[..., :L]).transpose(1, 2)
+
+
+def test_gradcheck_causal_conv1d_silu():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 11, dtype=torch.float64, generator=g)
+    w = torch.randn(11, 4, dtype=torch.float64, generator=g)
+    b = torch.randn(11, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(fused_scan.causal_conv1d_silu, (x.requires_grad_(), w.requires_grad_(),
+                                                                    b.requires_grad_()))
+
+
+@pytest.mark.parametrize("b, L, C, K, bias", [(1, 1, 8, 4, True), (2, 3, 13, 4, False), (3, 40, 600, 4, True),
+                                              (2, 9, 16, 1, True)])
+def test_causal_conv1d_silu_matches_conv1d(b, L, C, K, bias):
+    g = torch.Generator().manual_seed(L + C)
+    big = torch.randn(b, L, 2 * C, generator=g)
+    x = big[..., C:]  # a strided view, as in_proj's split produces
+    w = torch.randn(C, 1, K, generator=g)  # nn.Conv1d layout
+    bb = torch.randn(C, generator=g) if bias else None
+    xs = (x.detach().clone().requires_grad_(), w.clone().requires_grad_(), None if bb is None else bb.clone().requires_grad_())
+    xr = tuple(None if t is None else t.detach().clone().requires_grad_() for t in xs)
+    y = fused_scan.causal_conv1d_silu(*xs)
+    y_ref = _conv_ref(xr[0], xr[1].view(C, K), xr[2])
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gw = torch.randn_like(y)
+    (y * gw).sum().backward()
+    (y_ref * gw).sum().backward()
+    for a, r in zip(xs, xr):
+        if a is not None:
+            torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-4)

@@ -299,6 +299,119 @@ struct Scan {
   }
 };
 
+// Causal depthwise conv1d + SiLU, channel-last: y[b,t,c] = silu(bias[c] + sum_k w[c,k] x[b,t-K+1+k,c])
+// (zero history before t = 0). Replaces conv1d on a transposed copy + silu + their backward passes.
+template <typename T>
+struct CausalConv {
+  typedef typename Lanes<T>::vec V;
+  static constexpr int W = Lanes<T>::W;
+  const T *x, *w, *bias;
+  int64_t x_sb, x_st, b, L, C, K;
+
+  // w[c, k] for the lanes of block c0, as K vectors
+  void weights(int64_t c0, int nv, V* wk, V& bv) const {
+    bv = V{};
+    for (int64_t k = 0; k < K; ++k) wk[k] = V{};
+    for (int j = 0; j < nv; ++j) {
+      for (int64_t k = 0; k < K; ++k) wk[k][j] = w[(c0 + j) * K + k];
+      if (bias) bv[j] = bias[c0 + j];
+    }
+  }
+  V pre(int64_t bi, int64_t t, int64_t c0, int nv, const V* wk, V bv) const {
+    V acc = bv;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t s = t - K + 1 + k;
+      if (s >= 0) acc += wk[k] * Scan<T>::load(x + bi * x_sb + s * x_st + c0, nv);
+    }
+    return acc;
+  }
+  template <typename F>
+  void for_blocks(F&& fn) const {
+    const int64_t nblk = (C + W - 1) / W;
+    at::parallel_for(0, b * nblk, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<V> wk(K);
+      for (int64_t task = lo; task < hi; ++task) {
+        const int64_t bi = task / nblk, c0 = (task % nblk) * W;
+        fn(bi, c0, static_cast<int>(std::min<int64_t>(W, C - c0)), wk.data());
+      }
+    });
+  }
+  void forward(T* y) const {
+    for_blocks([&](int64_t bi, int64_t c0, int nv, V* wk) {
+      V bv;
+      weights(c0, nv, wk, bv);
+      for (int64_t t = 0; t < L; ++t) {
+        const V p = pre(bi, t, c0, nv, wk, bv);
+        Scan<T>::store(y + (bi * L + t) * C + c0, p * Scan<T>::vsigmoid(p), nv);
+      }
+    });
+  }
+  // dx (b, L, C); dw_p (b, C, K) and db_p (b, C) per-batch-row partials
+  void backward(const T* dy, T* dx, T* dw_p, T* db_p) const {
+    for_blocks([&](int64_t bi, int64_t c0, int nv, V* wk) {
+      V bv;
+      weights(c0, nv, wk, bv);
+      std::vector<V> dpre(L), dwk(K);
+      for (int64_t k = 0; k < K; ++k) dwk[k] = V{};
+      V dbv{};
+      for (int64_t t = 0; t < L; ++t) {
+        const V p = pre(bi, t, c0, nv, wk, bv);
+        const V sg = Scan<T>::vsigmoid(p);
+        dpre[t] = Scan<T>::load(dy + (bi * L + t) * C + c0, nv) * sg * (T(1) + p * (T(1) - sg));
+        dbv += dpre[t];
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t s = t - K + 1 + k;
+          if (s >= 0) dwk[k] += dpre[t] * Scan<T>::load(x + bi * x_sb + s * x_st + c0, nv);
+        }
+      }
+      for (int64_t s = 0; s < L; ++s) {
+        V acc{};
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t t = s + K - 1 - k;
+          if (t < L) acc += wk[k] * dpre[t];
+        }
+        Scan<T>::store(dx + (bi * L + s) * C + c0, acc, nv);
+      }
+      for (int j = 0; j < nv; ++j) {
+        db_p[bi * C + c0 + j] = dbv[j];
+        for (int64_t k = 0; k < K; ++k) dw_p[(bi * C + c0 + j) * K + k] = dwk[k][j];
+      }
+    });
+  }
+};
+
+template <typename T>
+CausalConv<T> make_conv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 3 && (x.stride(2) == 1 || x.size(2) == 1), "x must be (b, L, C) with unit channel stride");
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(0) == x.size(2), "w must be (C, K) contiguous");
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && (!bias || bias->scalar_type() == x.scalar_type()), "dtype mismatch");
+  CausalConv<T> c{};
+  c.x = x.data_ptr<T>(); c.w = w.data_ptr<T>(); c.bias = bias ? bias->data_ptr<T>() : nullptr;
+  c.x_sb = x.stride(0); c.x_st = x.stride(1); c.b = x.size(0); c.L = x.size(1); c.C = x.size(2); c.K = w.size(1);
+  return c;
+}
+
+at::Tensor conv_silu_fwd(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  auto y = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssmrec_conv_fwd", [&] {
+    make_conv<scalar_t>(x, w, bias).forward(y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                      const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(dy.is_contiguous(), "dy must be contiguous");
+  auto dx = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  auto dw_p = at::empty({x.size(0), w.size(0), w.size(1)}, x.options());
+  auto db_p = at::empty({x.size(0), w.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssmrec_conv_bwd", [&] {
+    make_conv<scalar_t>(x, w, bias).backward(dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
+                                             dw_p.data_ptr<scalar_t>(), db_p.data_ptr<scalar_t>());
+  });
+  return {dx, dw_p.sum(0), db_p.sum(0)};
+}
+
 void check_last_unit(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() >= 1 && (t.stride(-1) == 1 || t.size(-1) == 1), name, " must have unit stride in its last dimension");
 }
@@ -378,4 +491,6 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_fwd", &scan_fwd, "fused selective scan forward (CPU)");
   m.def("scan_bwd", &scan_bwd, "fused selective scan backward (CPU)");
+  m.def("conv_silu_fwd", &conv_silu_fwd, "causal depthwise conv1d + SiLU forward, channel-last (CPU)");
+  m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv1d + SiLU backward, channel-last (CPU)");
 }

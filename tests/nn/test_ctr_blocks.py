@@ -1,0 +1,135 @@
+"""CTR blocks in ssmrec.nn: QuadraticNet against the reference formula (doc §4.2), Dice, CrossNetV2,
+DIN attention, target attention (ReLU/softmax, residual, candidate broadcasting), the masked
+Transformer encoder and the similarity buckets/histogram."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ssmrec.nn.attention import (DINAttention, MaskedTransformerEncoder, TargetAttention, similarity_buckets,
+                                 similarity_histogram)
+from ssmrec.nn.layers import MLP, CrossNetV2, Dice, QuadraticNet, activation
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm1d) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def test_quadratic_net_is_the_reference_formula():
+    """Per layer (eval): H = W x + b as R rows of width D; q = x * sum_r H_r; x <- x + PReLU(BN(q))."""
+    torch.manual_seed(0)
+    dim, rows, layers = 6, 3, 2
+    net = QuadraticNet(dim, layers, rows, dropout=0.3, batch_norm=True, act="prelu").eval()
+    _randomise(net)
+    x = torch.randn(5, dim)
+    ref = x.clone()
+    for proj, bn, act in zip(net.proj, net.norm, net.act):
+        h = ref @ proj.weight.T + proj.bias  # (5, R*D), row r = columns r*D:(r+1)*D
+        s = sum(h[:, r * dim:(r + 1) * dim] for r in range(rows))
+        q = ref * s
+        q = (q - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        q = torch.where(q >= 0, q, act.weight * q)  # one PReLU slope per layer
+        ref = ref + q
+    torch.testing.assert_close(net(x), ref)
+    # Parameters per layer: Linear(D, R*D) with bias, BN affine (2D), one PReLU slope.
+    assert sum(p.numel() for p in net.parameters()) == layers * (dim * rows * dim + rows * dim + 2 * dim + 1)
+    relu_net = QuadraticNet(dim, layers, rows, act="relu")
+    assert not any(isinstance(m, nn.PReLU) for m in relu_net.modules())
+
+
+def test_dice_formula_and_mlp_integration():
+    dice = Dice(4).eval()
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.0, 0.5, -1.0, 2.0]))
+        dice.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        dice.bn.running_var.copy_(torch.tensor([1.0, 2.0, 0.5, 4.0]))
+    x = torch.randn(7, 4)
+    p = torch.sigmoid((x - dice.bn.running_mean) / torch.sqrt(dice.bn.running_var + 1e-9))
+    torch.testing.assert_close(dice(x), p * x + (1 - p) * dice.alpha * x)
+    assert dice.bn.weight is None and dice.bn.momentum == 0.01  # non-affine BN, FuxiCTR's momentum
+    mlp = MLP(8, [5, 3], 1, act="dice")
+    assert [m.alpha.numel() for m in mlp.modules() if isinstance(m, Dice)] == [5, 3]
+    with pytest.raises(ValueError, match="width"):
+        activation("dice")
+
+
+def test_crossnet_v2_formula():
+    torch.manual_seed(0)
+    net = CrossNetV2(5, 2)
+    x0 = torch.randn(3, 5)
+    x1 = x0 + x0 * net.cross[0](x0)
+    torch.testing.assert_close(net(x0), x1 + x0 * net.cross[1](x1))
+
+
+def test_din_attention_raw_weights_and_softmax():
+    torch.manual_seed(0)
+    att = DINAttention(4, hidden=(8,), dropout=0.0).eval()
+    t, h = torch.randn(2, 4), torch.randn(2, 5, 4)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    feats = torch.cat([t[:, None].expand_as(h), h, t[:, None] - h, t[:, None] * h], -1)
+    g = att.mlp(feats.reshape(10, 16)).view(2, 5) * mask
+    torch.testing.assert_close(att(t, h, mask), (g.unsqueeze(-1) * h).sum(1))  # unnormalised (no softmax)
+    soft = DINAttention(4, hidden=(8,), softmax=True).eval()
+    same = torch.ones(2, 5, 4)  # identical history items: softmax weights sum to one -> the item itself
+    torch.testing.assert_close(soft(t, same, mask), torch.ones(2, 4))
+
+
+def test_target_attention_relu_softmax_residual_and_broadcasting():
+    torch.manual_seed(0)
+    d, da, length = 6, 12, 5
+    asta = TargetAttention(d, d, da, d_out=d, norm="relu")
+    assert all(m.bias is None for m in (asta.q_proj, asta.k_proj, asta.v_proj, asta.out_proj))
+    q, seq = torch.randn(3, d), torch.randn(3, length, d)
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[0, :3] = False
+    s = (asta.q_proj(q)[:, None] * asta.k_proj(seq)).sum(-1) / math.sqrt(da)
+    w = torch.relu(s * mask)
+    expect = asta.out_proj((w[..., None] * asta.v_proj(seq)).sum(1)) + q
+    torch.testing.assert_close(asta(q, seq, mask), expect)
+    assert (w[0, :3] == 0).all()
+    soft = TargetAttention(d, d, da, norm="softmax")
+    k, v = soft.project_kv(seq)
+    ws = torch.softmax((soft.q_proj(q)[:, None] * k).sum(-1) / math.sqrt(da) + torch.where(mask, 0.0, -torch.inf), -1)
+    torch.testing.assert_close(soft(q, seq, mask), (ws[..., None] * v).sum(1))
+    # C candidates per row at once == one call per candidate.
+    cands = torch.randn(3, 4, d)
+    many = soft.attend(cands, k.unsqueeze(1), v.unsqueeze(1), mask.unsqueeze(1))
+    one = torch.stack([soft(cands[:, c], seq, mask) for c in range(4)], 1)
+    torch.testing.assert_close(many, one)
+    with pytest.raises(ValueError, match="relu or softmax"):
+        TargetAttention(d, d, da, norm="sparsemax")
+
+
+def test_masked_transformer_encoder_masks_and_keeps_state_dict_layout():
+    torch.manual_seed(0)
+    enc = MaskedTransformerEncoder(8, 2, 16, 0.0, 2).eval()
+    plain = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True), 2,
+                                  enable_nested_tensor=False)
+    assert list(enc.state_dict()) == list(plain.state_dict())
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True], [False] * 4])
+    assert enc.key_padding(mask).tolist() == [[True, True, False, False], [False] * 4, [True] * 3 + [False]]
+    inv = MaskedTransformerEncoder(8, 2, 16, 0.0, 2, inverted_padding_mask=True)
+    # Inverted (reference code): real items ignored; a full row keeps only its newest slot.
+    assert inv.key_padding(mask).tolist() == [[False, False, True, True], [True] * 3 + [False], [False] * 4]
+    x = torch.randn(3, 4, 8)
+    x2 = x.clone()
+    x2[0, :2] = torch.randn(2, 8)  # padded slots of row 0
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, mask)[0, 2:], enc(x2, mask)[0, 2:])
+
+
+def test_similarity_buckets_and_histogram():
+    cos = torch.tensor([-1.0, -0.99, 0.0, 0.5, 0.999, 1.0, 1.5])
+    assert similarity_buckets(cos, 10).tolist() == [0, 0, 5, 7, 9, 9, 9]
+    mask = torch.tensor([True, True, False, True, True, True, False])
+    hist = similarity_histogram(cos, mask, 10)
+    assert hist.tolist() == [2, 0, 0, 0, 0, 0, 0, 1, 0, 2] and hist.sum() == mask.sum()
