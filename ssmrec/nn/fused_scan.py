@@ -16,6 +16,7 @@ Public functions mirror the reference signatures in :mod:`ssmrec.nn.scan`:
 * :func:`scan_channel_last` -- the kernel's native layout ``(b, L, channels)`` used by the blocks.
 * :func:`causal_conv1d_silu` -- the blocks' causal depthwise conv + SiLU, channel-last, fwd + bwd
   (saves the transposed copies and the slow depthwise-conv backward of ``nn.Conv1d`` on CPU).
+* :func:`gated_rmsnorm` -- Mamba-2's ``RMSNorm(x * silu(z)) * w`` per group, fwd + bwd.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["causal_conv1d_silu", "fused_available", "fused_unavailable_reason", "load_extension",
+__all__ = ["causal_conv1d_silu", "gated_rmsnorm", "fused_available", "fused_unavailable_reason", "load_extension",
            "scan_channel_last", "selective_scan_fused", "ssd_scan_fused"]
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
@@ -231,4 +232,31 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None = None) ->
         y = _ConvSiluFn.apply(x, weight, bias)
     else:
         y = load_extension().conv_silu_fwd(x, weight, bias)
+    return y.to(dtype_in)
+
+
+class _GatedRMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, z, weight, group: int, eps: float):
+        ctx.save_for_backward(x, z, weight)
+        ctx.group, ctx.eps = group, eps
+        return load_extension().gated_rmsnorm_fwd(x, z, weight, group, eps)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, z, weight = ctx.saved_tensors
+        dx, dz, dw = load_extension().gated_rmsnorm_bwd(dy.contiguous(), x, z, weight, ctx.group, ctx.eps)
+        return dx, dz, dw, None, None
+
+
+def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float = 1e-5) -> Tensor:
+    """``RMSNorm(x * silu(z)) * weight`` normalised per group of ``group_size`` channels (last dim),
+    computed in float32 (float64 for float64 inputs) and returned in x's dtype."""
+    dtype_in = x.dtype
+    cd = _compute_dtype(x, z)
+    x, z, weight = (t.to(cd).contiguous() for t in (x, z, weight))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, z, weight)):
+        y = _GatedRMSNormFn.apply(x, z, weight, int(group_size), float(eps))
+    else:
+        y = load_extension().gated_rmsnorm_fwd(x, z, weight, int(group_size), float(eps))
     return y.to(dtype_in)

@@ -258,7 +258,9 @@ class RMSNormGated(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
         self.eps, self.group_size = eps, group_size or d
 
-    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor | None = None, fused: bool = False) -> Tensor:
+        if fused and z is not None and x.device.type == "cpu":  # one C++ pass (ssmrec.nn.fused_scan)
+            return fused_scan.gated_rmsnorm(x, z, self.weight, self.group_size, self.eps)
         dtype = x.dtype
         x = x.float()
         if z is not None:
@@ -326,7 +328,7 @@ class Mamba2(nn.Module):
         x, Bm, Cm = self._split_xbc(xBC_cl)
         if impl == "fused":
             y, last = fused_scan.scan_channel_last(x.flatten(-2), dt, A, Bm, Cm, self.D.float(), head=self.headdim)
-            y = self.out_proj(self.norm(y, z))
+            y = self.out_proj(self.norm(y, z, fused=True))
             state = (_conv_state_from(xBC_t, self.d_conv, mask), last.view(Bsz, self.nheads, self.headdim, -1)) \
                 if want_state else None
             return y, state

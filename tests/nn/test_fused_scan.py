@@ -173,3 +173,23 @@ def test_causal_conv1d_silu_matches_conv1d(b, L, C, K, bias):
     for a, r in zip(xs, xr):
         if a is not None:
             torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [24, 8])
+def test_gated_rmsnorm_matches_module_and_gradcheck(group):
+    from ssmrec.nn.mamba import RMSNormGated
+
+    norm = RMSNormGated(24, eps=1e-5, group_size=group)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, z = torch.randn(3, 5, 24, requires_grad=True), torch.randn(3, 5, 24, requires_grad=True)
+    y_ref = norm(x, z)
+    y = norm(x, z, fused=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), (x, z, norm.weight))
+    g = torch.autograd.grad((y * w).sum(), (x, z, norm.weight))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    args = tuple(t.detach().double().requires_grad_() for t in (x[:1, :2], z[:1, :2], norm.weight))
+    assert torch.autograd.gradcheck(lambda a, b, c: fused_scan.gated_rmsnorm(a, b, c, group), args)
