@@ -53,3 +53,18 @@ def test_gemm_floor_keeps_every_projection_in_backward(impl):
     assert not missing, missing
     # and the real scan is restored afterwards
     assert fused_scan.scan_channel_last is not bench_block._identity_scan
+
+
+@needs_fused
+def test_bench_block_ctr_throughput(tmp_path, tiny_world):
+    out = tmp_path / "c"
+    r = run_cli("bench", "block", "--lengths", "4", "--tokens", "8", "--repeats", "1", "--ref-repeats", "1",
+                "--warmup", "0", "--d-model", "16", "--headdim", "8", "--d-state", "4", "--impls", "mamba2_fused",
+                "--no-step", "--ctr-data", tiny_world, "--ctr-config", "mmctr_synth/mambactr_tiny",
+                "--ctr-steps", "2", "--ctr-repeats", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    ctr = json.loads((out / "block.json").read_text())["ctr_throughput"]
+    for key in ("mambactr", "mambactr_transformer_twin"):
+        assert ctr[key]["samples_per_s_median"] > 0 and ctr[key]["params"] > 0
+    assert ctr["mambactr"]["params"] != ctr["mambactr_transformer_twin"]["params"]
+    assert "samples/s vs Transformer twin" in r.stdout
