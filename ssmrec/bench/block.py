@@ -1,7 +1,7 @@
 """`ssmrec bench block`: Mamba blocks vs their GEMM floor vs an equal-width Transformer layer.
 
-Everything is timed in one process, interleaved per sequence length, so machine noise hits all
-implementations alike. For each L (default 64, 200, 1024) at a fixed token budget per batch
+Everything is timed in one process; for each (L, mode) the implementations run in turns (A, B, C,
+A, B, C, ...), so load from other processes spreads over all of them instead of hitting one. For each L (default 64, 200, 1024) at a fixed token budget per batch
 (``--tokens``, default 8192 = batch 128 at L=64; batch = tokens // L), and two modes:
 
 * ``fwd``   -- forward only, ``torch.no_grad()`` (inference);
@@ -86,7 +86,8 @@ def build_impl(impl: str, d_model: int, d_state: int, expand: int, headdim: int)
     return block, (_gemm_floor if kind == "floor" else contextlib.nullcontext)
 
 
-def time_impl(impl, L, batch, mode, args, repeats):
+def make_runner(impl, L, batch, mode, args):
+    """A zero-argument callable running one forward (``fwd``) or one training step (``train``)."""
     import torch
 
     torch.manual_seed(0)
@@ -95,24 +96,36 @@ def time_impl(impl, L, batch, mode, args, repeats):
     opt = torch.optim.Adam(block.parameters(), lr=1e-4)
 
     def run():
-        if mode == "fwd":
-            with torch.no_grad():
-                block(x)
-        else:
-            y = block(x)
-            y.square().mean().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        with ctx():
+            if mode == "fwd":
+                with torch.no_grad():
+                    block(x)
+            else:
+                y = block(x)
+                y.square().mean().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-    with ctx():
-        for _ in range(args.warmup):
+    return run
+
+
+def time_round_robin(runners: dict, repeats: dict, warmup: int, bar=None) -> dict:
+    """Warm every runner up, then time them in turns (impl A, B, C, A, B, C, ...), so a burst of
+    load from other processes spreads over all implementations instead of hitting one."""
+    for run in runners.values():
+        for _ in range(warmup):
             run()
-        times = []
-        for _ in range(repeats):
+    times = {name: [] for name in runners}
+    for rep in range(max(repeats.values())):
+        for name, run in runners.items():
+            if rep >= repeats[name]:
+                continue
             t0 = time.perf_counter()
             run()
-            times.append(time.perf_counter() - t0)
-    return summarize_times(times)
+            times[name].append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(1)
+    return {name: summarize_times(t) for name, t in times.items()}
 
 
 def time_step(impl, args, n_steps=200):
@@ -151,7 +164,7 @@ def time_ctr(data_dir, config, steps, repeats, warmup):
     data = load_mmctr(data_dir, cfg.data.max_len, splits=("train",))
     split = data.splits["train"]
     bs = cfg.train.batch_size
-    out = {}
+    runners, params = {}, {}
     for label, extra in (("mambactr", {}), ("mambactr_transformer_twin", {"stage1": "transformer"})):
         torch.manual_seed(0)
         model = build_ctr_model(cfg.model, {**cfg.model_params, **extra}, data.item_info)
@@ -159,8 +172,9 @@ def time_ctr(data_dir, config, steps, repeats, warmup):
         opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
         g = torch.Generator().manual_seed(0)
         batches = [split.batch(torch.randint(0, len(split), (bs,), generator=g)) for _ in range(steps)]
+        params[label] = sum(p.numel() for p in model.parameters())
 
-        def run():
+        def run(model=model, opt=opt, batches=batches):
             for batch in batches:
                 o = model(batch)
                 loss = F.binary_cross_entropy_with_logits(o["logit"], batch["label"]) + o.get("aux_loss", 0.0)
@@ -168,17 +182,13 @@ def time_ctr(data_dir, config, steps, repeats, warmup):
                 loss.backward()
                 opt.step()
 
-        for _ in range(warmup):
-            run()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        s = summarize_times(times)
+        runners[label] = run
+    stats = time_round_robin(runners, {k: repeats for k in runners}, warmup)
+    out = {}
+    for label, s in stats.items():
         n = steps * bs
         out[label] = {"samples_per_s_median": n / s["median"], "samples_per_s_max": n / s["min"],
-                      "s_per_step_median": s["median"] / steps, "params": sum(p.numel() for p in model.parameters()),
+                      "s_per_step_median": s["median"] / steps, "params": params[label],
                       "batch_size": bs, "steps": steps, "repeats": repeats}
     out["config"] = str(config)
     out["ratio_mamba_over_transformer"] = (out["mambactr"]["samples_per_s_median"]
@@ -259,23 +269,23 @@ def cmd_bench_block(args) -> int:
         raise ConfigError(f"bench block: the fused CPU kernel is unavailable ({fused_scan.fused_unavailable_reason()})"
                           f"; drop {', '.join(needs_fused)} from --impls")
 
-    jobs = []
-    for L in lengths:
-        batch = max(1, args.tokens // L)
-        for mode in modes:
-            for impl in impls:
-                if impl in SLOW_IMPLS and L > args.ref_max_len:
-                    continue
-                jobs.append((impl, L, batch, mode))
+    cases = [(L, max(1, args.tokens // L), mode) for L in lengths for mode in modes]
+    case_impls = {(L, mode): [i for i in impls if not (i in SLOW_IMPLS and L > args.ref_max_len)]
+                  for L, _, mode in cases}
+    reps = {i: (args.ref_repeats if i in SLOW_IMPLS else args.repeats) for i in impls}
     records = []
-    bar = tqdm(jobs, desc="bench block", unit="case")
-    for impl, L, batch, mode in bar:
-        bar.set_postfix_str(f"{impl} L={L} B={batch} {mode}")
-        reps = args.ref_repeats if impl in SLOW_IMPLS else args.repeats
-        s = time_impl(impl, L, batch, mode, args, reps)
-        records.append({"impl": impl, "L": L, "batch": batch, "mode": mode, "ms_median": s["median"] * 1e3,
-                        "ms_min": s["min"] * 1e3, "times_ms": [t * 1e3 for t in s["times"]],
-                        "repeats": s["repeats"], "tokens_per_s_median": batch * L / s["median"]})
+    bar = tqdm(total=sum(reps[i] for L, _, m in cases for i in case_impls[(L, m)]), desc="bench block",
+               unit="run")
+    for L, batch, mode in cases:
+        bar.set_postfix_str(f"L={L} B={batch} {mode}")
+        names = case_impls[(L, mode)]
+        stats = time_round_robin({i: make_runner(i, L, batch, mode, args) for i in names},
+                                 {i: reps[i] for i in names}, args.warmup, bar)
+        for impl in names:
+            s = stats[impl]
+            records.append({"impl": impl, "L": L, "batch": batch, "mode": mode, "ms_median": s["median"] * 1e3,
+                            "ms_min": s["min"] * 1e3, "times_ms": [t * 1e3 for t in s["times"]],
+                            "repeats": s["repeats"], "tokens_per_s_median": batch * L / s["median"]})
     bar.close()
 
     step_records = []
