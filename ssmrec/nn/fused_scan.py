@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .scan import _compute_dtype
+
 __all__ = ["causal_conv1d_silu", "gated_rmsnorm", "fused_available", "fused_unavailable_reason", "load_extension",
            "scan_channel_last", "selective_scan_fused", "ssd_scan_fused"]
 
@@ -102,14 +104,6 @@ def fused_available() -> bool:
 def fused_unavailable_reason() -> str | None:
     load_extension()
     return _error
-
-
-def _compute_dtype(*ts: Tensor | None) -> torch.dtype:
-    dt = torch.float32
-    for t in ts:
-        if t is not None:
-            dt = torch.promote_types(dt, t.dtype)
-    return dt
 
 
 def _unit_last(t: Tensor | None, dims: int = 1) -> Tensor | None:
