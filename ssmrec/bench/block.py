@@ -19,7 +19,8 @@ Implementations (``--impls``):
 
 Also timed: ``step()`` latency for one token of one user (batch 1) with the fused and the
 reference recurrence, i.e. the online-serving update, and optionally (``--ctr-data DIR``) MambaCTR
-training throughput vs its Transformer twin on real batches (samples/s).
+training throughput vs its Transformer twin (the paper's ablated model: Stage I = 2 encoder
+layers) on real batches (samples/s).
 
 Outputs: a printed table with ratios, ``--json`` (one record per impl x L x mode with ``impl``,
 ``L``, ``mode``, ``ms_median``, ``ms_min`` ...) and ``--plot`` (PNG, time vs L per mode).
@@ -165,7 +166,10 @@ def time_ctr(data_dir, config, steps, repeats, warmup):
     split = data.splits["train"]
     bs = cfg.train.batch_size
     runners, params = {}, {}
-    for label, extra in (("mambactr", {}), ("mambactr_transformer_twin", {"stage1": "transformer"})):
+    # the twin is the paper's "ablated" model (reference doc §5.2): Stage I = 2 encoder layers,
+    # 1 head, FFN 256 (configs/mmctr/mambactr_transformer.yaml); everything else unchanged
+    twin = {"stage1": "transformer", "stage1_layers": 2}
+    for label, extra in (("mambactr", {}), ("mambactr_transformer_twin", twin)):
         torch.manual_seed(0)
         model = build_ctr_model(cfg.model, {**cfg.model_params, **extra}, data.item_info)
         model.train()
