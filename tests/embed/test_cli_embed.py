@@ -56,7 +56,7 @@ def test_embed_output_trains_with_the_unchanged_trainer(embedded, tmp_path):
     out, _ = embedded
     cfg = load_config(resolve_config("mmctr_synth/mambactr_tiny"), [
         f"data.dir={out}", f"out_dir={tmp_path}", "name=embedded", "train.epochs=1",
-        "train.max_steps_per_epoch=3", "train.progress=false"])
+        "train.max_steps_per_epoch=3", "train.progress=false", "train.threads=1"])
     summary = Trainer(cfg).fit()
     assert 0 <= summary["valid_auc"] <= 1 and summary["oracle_auc"] > 0.5
 
