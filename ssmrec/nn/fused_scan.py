@@ -179,8 +179,11 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
                          initial_state: Tensor | None = None):
     """Drop-in for :func:`ssmrec.nn.scan.selective_scan_ref` (``mamba_ssm`` layout): u, delta, z
     (b, d, L); A (d, n); B, C (b, n, L) or (b, g, n, L); D, delta_bias (d,); initial_state (b, d, n)."""
-    if B.dim() == 2 or C.dim() == 2:
-        raise NotImplementedError("time-invariant B/C: use selective_scan_ref")
+    if B.dim() == 2 or C.dim() == 2:  # time-invariant B/C (S4-style): the kernel is for selective B/C
+        from .scan import selective_scan_ref
+
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                  initial_state)
     to_bl = lambda M: M.unsqueeze(1).permute(0, 3, 1, 2) if M.dim() == 3 else M.permute(0, 3, 1, 2)  # noqa: E731
     y, last = scan_channel_last(u.transpose(1, 2), delta.transpose(1, 2), A, to_bl(B), to_bl(C), D,
                                 None if z is None else z.transpose(1, 2), delta_bias, delta_softplus,

@@ -193,3 +193,10 @@ def test_gated_rmsnorm_matches_module_and_gradcheck(group):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     args = tuple(t.detach().double().requires_grad_() for t in (x[:1, :2], z[:1, :2], norm.weight))
     assert torch.autograd.gradcheck(lambda a, b, c: fused_scan.gated_rmsnorm(a, b, c, group), args)
+
+
+def test_time_invariant_BC_falls_back_to_reference():
+    t = mamba1_inputs(1, 4, 5, 3, dtype=torch.float32)
+    B, C = torch.randn(4, 3), torch.randn(4, 3)
+    y = selective_scan_fused(t["u"], t["delta"], t["A"], B, C, t["D"])
+    torch.testing.assert_close(y, selective_scan_ref(t["u"], t["delta"], t["A"], B, C, t["D"]))
