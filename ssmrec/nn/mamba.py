@@ -40,7 +40,7 @@ try:
 except Exception:  # pragma: no cover
     _cuda_ssd = None
 
-__all__ = ["MambaConfig", "Mamba", "Mamba2", "RMSNormGated", "build_mamba", "SCAN_IMPLS"]
+__all__ = ["MambaConfig", "Mamba", "Mamba2", "RMSNormGated", "build_mamba", "prepare_kernels", "SCAN_IMPLS"]
 
 SCAN_IMPLS = ("auto", "fused", "ref", "chunked", "cuda")
 State = tuple[Tensor, Tensor]
@@ -110,6 +110,15 @@ def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str) -> str:
            else f"tensors on {x.device.type}")
     _warn_once(f"ssmrec: fused CPU scan unavailable ({why}); using the pure-PyTorch '{fallback}' scan")
     return fallback
+
+
+def prepare_kernels(model: nn.Module, device: torch.device | str = "cpu") -> None:
+    """Build/load the fused CPU kernel now if ``model`` will use it, so the one-off compile (~1 min
+    on first use) never lands inside a timed training epoch or benchmark."""
+    if torch.device(device).type != "cpu":
+        return
+    if any(isinstance(m, (Mamba, Mamba2)) and m.scan_impl in ("auto", "fused", "cuda") for m in model.modules()):
+        fused_scan.load_extension()
 
 
 def _check_impl(scan_impl: str) -> str:

@@ -32,6 +32,7 @@ from ssmrec.config import RunConfig
 from ssmrec.data.mmctr import MMCTRData, Split, load_mmctr, read_truth
 from ssmrec.errors import SsmrecError
 from ssmrec.models.ctr import build_ctr_model
+from ssmrec.nn.mamba import prepare_kernels
 from ssmrec.train import checkpoint
 from ssmrec.train.metrics import auc as auc_score
 from ssmrec.train.metrics import ctr_metrics
@@ -163,6 +164,7 @@ class Trainer:
         self.data = data if data is not None else load_mmctr(cfg.data.dir, cfg.data.max_len, splits=("train", "valid"))
         self.truth = read_truth(self.data.root, "valid")
         self.model = build_ctr_model(cfg.model, cfg.model_params, self.data.item_info).to(self.device)
+        prepare_kernels(self.model, self.device)  # compile outside the timed epochs
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)

@@ -366,3 +366,20 @@ def test_fallback_when_fused_kernel_cannot_build_warns_once(monkeypatch):
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert calls == ["chunked", "chunked"]
     assert len(msgs) == 1 and "Ninja is required" in msgs[0] and "chunked" in msgs[0]
+
+
+# ----------------------------------------------------------------------------- kernel warm-up
+
+@pytest.mark.parametrize("impl, device, expect_build", [
+    ("auto", "cpu", True), ("fused", "cpu", True), ("ref", "cpu", False), ("chunked", "cpu", False),
+    ("auto", "meta", False),
+])
+def test_prepare_kernels_builds_only_when_the_fused_scan_will_run(monkeypatch, impl, device, expect_build):
+    calls = []
+    monkeypatch.setattr(mamba_mod.fused_scan, "load_extension", lambda: calls.append(1))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), Mamba2(16, headdim=8, scan_impl=impl))
+    mamba_mod.prepare_kernels(model, device)
+    assert bool(calls) == expect_build
+    calls.clear()
+    mamba_mod.prepare_kernels(torch.nn.Linear(4, 4), "cpu")  # no Mamba block: nothing to build
+    assert not calls
