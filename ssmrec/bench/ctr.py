@@ -258,7 +258,7 @@ def worker(spec_path, result_path) -> int:
             train_s_total=sum(epoch_s), infer_ms_per_1k_min=infer_ms["min"],
             infer_ms_per_1k_median=infer_ms["median"], infer_repeats=infer_ms["repeats"],
             n_train=len(trainer.data.splits["train"]), n_valid=len(valid), max_len=cfg.data.max_len,
-            batch_size=cfg.train.batch_size, threads=torch.get_num_threads(), torch=torch.__version__,
+            batch_size=cfg.train.batch_size, lr=cfg.train.lr, threads=torch.get_num_threads(), torch=torch.__version__,
             device=str(trainer.device), run_dir=str(trainer.run_dir),
             peak_rss_mb=peak_rss_mb())  # before the reference model below is built
         del trainer
@@ -329,13 +329,15 @@ def render_markdown(results: dict) -> str:
     if meta.get("popularity_auc") is not None:
         lines.append(f"Popularity baseline AUC (item's train click rate): {meta['popularity_auc']:.4f}.")
     lines.append("")
-    headers = ["#", "model", "config", "params", "params @ reference", "valid AUC", "valid logloss"]
+    headers = ["#", "model", "config", "batch / lr", "params", "params @ reference", "valid AUC", "valid logloss"]
     headers += ["oracle AUC"] if has_oracle else []
     headers += ["train s/epoch", "infer ms / 1k rows (min / median)", "peak RSS MB"]
     rows = []
     for i, r in enumerate(ok, 1):
         ref = r.get("params_ref")
-        row = [i, r["label"], r["config"], f"{r['params']:,}", f"{ref:,}" if ref is not None else "n/a",
+        batch_lr = (f"{r['batch_size']} / {r['lr']:g}" if r.get("batch_size") is not None and r.get("lr") is not None
+                    else "n/a")
+        row = [i, r["label"], r["config"], batch_lr, f"{r['params']:,}", f"{ref:,}" if ref is not None else "n/a",
                _fmt(r["valid_auc"], ".4f"), _fmt(r["valid_logloss"], ".4f")]
         row += [_fmt(r.get("oracle_auc"), ".4f")] if has_oracle else []
         row += [_fmt(r["train_s_per_epoch"], ".1f"),

@@ -80,8 +80,11 @@ def test_bench_writes_consistent_results_and_records_the_failure(bench_run):
     rows = [line for line in md.splitlines() if re.match(r"^\| \d+ \| ", line)]
     assert [row.split("|")[2].strip() for row in rows] == sorted(
         ["tiny_mm", "tiny_nomm"], key=lambda lab: -recs[lab]["valid_auc"])
-    aucs = [float(row.split("|")[6]) for row in rows]
+    aucs = [float(row.split("|")[7]) for row in rows]
     assert aucs == sorted(aucs, reverse=True)
+    for row in rows:  # each model's own batch size and learning rate are shown
+        r = recs[row.split("|")[2].strip()]
+        assert row.split("|")[4].strip() == f"{r['batch_size']} / {r['lr']:g}"
     assert f"{recs['tiny_mm']['params']:,}" in md and f"{recs['tiny_mm']['params_ref']:,}" in md
     assert "oracle AUC" in md and "broken" in md.split("**Failed:**")[1]
     assert "MambaCTR origin (Mamba2)" in md and "0.9835" in md  # the paper comparison
