@@ -491,12 +491,15 @@ def cmd_bench_ctr(args) -> int:
     for i, (e, spec) in enumerate(plans, 1):
         prev = kept.get(e.label)
         entry_dict = asdict(e)
-        if prev and prev.get("status") == "ok" and prev.get("entry") == entry_dict:
+        # Kept only if the resolved run config is the same: an edited YAML file re-runs its model.
+        if (prev and prev.get("status") == "ok" and prev.get("entry") == entry_dict
+                and prev.get("run_config") == spec["run_config"]):
             print(f"[{i}/{n}] {e.label}: kept from {results_path} (valid AUC {_fmt(prev.get('valid_auc'), '.4f')})", flush=True)
             continue
         print(f"[{i}/{n}] {e.label}: training {e.config} (log {out / 'logs' / (e.label + '.log')}) "
               f"· bench elapsed {format_seconds(time.perf_counter() - t_bench)}", flush=True)
-        rec = {"label": e.label, "config": e.config, "entry": entry_dict, "paper": e.paper,
+        rec = {"label": e.label, "config": e.config, "entry": entry_dict, "run_config": spec["run_config"],
+               "paper": e.paper,
                **_run_one(e, spec, out)}
         records[e.label] = rec
         sync()

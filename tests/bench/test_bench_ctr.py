@@ -210,3 +210,25 @@ def test_common_timing_and_atomic_writes(tmp_path):
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
     assert common.format_seconds(73.2) == "1:13" and common.format_seconds(3700) == "1:01:40"
     assert common.format_seconds(None) == "n/a"
+
+
+def test_resume_reruns_a_model_whose_config_file_changed(tmp_path, tiny_world):
+    from ssmrec.bench.ctr import _config_path
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(_config_path("mmctr_synth/mambactr_tiny").read_text())
+    lst = _write_list(tmp_path / "list.yaml", {"models": [{"label": "mine", "config": str(cfg_file)}]})
+    out = tmp_path / "out"
+    args = ("bench", "ctr", "--data", tiny_world, "--config-list", lst, "--out", out, *FAST)
+    assert run_cli(*args).returncode == 0
+
+    proc = run_cli(*args, "--resume")  # nothing changed: kept
+    assert proc.returncode == 0 and "mine: kept from" in proc.stdout
+
+    doc = yaml.safe_load(cfg_file.read_text())
+    doc["train"]["lr"] = 1.0e-4
+    cfg_file.write_text(yaml.safe_dump(doc))
+    proc = run_cli(*args, "--resume")  # the YAML changed: re-trained with the new lr
+    assert proc.returncode == 0 and "mine: kept from" not in proc.stdout and "mine: training" in proc.stdout
+    rec = json.loads((out / "results.json").read_text())["records"][0]
+    assert rec["lr"] == pytest.approx(1e-4) and rec["run_config"]["train"]["lr"] == pytest.approx(1e-4)
