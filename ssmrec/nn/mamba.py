@@ -88,13 +88,19 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+def _requested_impl(requested: str) -> str:
+    """The constructor's scan_impl, with "auto" replaced by $SSMREC_SCAN_IMPL when that is set."""
+    if requested != "auto":
+        return requested
+    impl = os.environ.get("SSMREC_SCAN_IMPL", "").strip().lower() or "auto"
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"SSMREC_SCAN_IMPL={impl!r}; expected one of {SCAN_IMPLS}")
+    return impl
+
+
 def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str) -> str:
     """Pick the scan for this call; see the module docstring for the rules."""
-    impl = requested
-    if impl == "auto":
-        impl = os.environ.get("SSMREC_SCAN_IMPL", "").strip().lower() or "auto"
-        if impl not in SCAN_IMPLS:
-            raise ValueError(f"SSMREC_SCAN_IMPL={impl!r}; expected one of {SCAN_IMPLS}")
+    impl = _requested_impl(requested)
     if impl == "chunked" and fallback == "ref":  # Mamba-1 has no chunked scan
         impl = "ref"
     if impl in ("ref", "chunked"):
@@ -117,7 +123,8 @@ def prepare_kernels(model: nn.Module, device: torch.device | str = "cpu") -> Non
     on first use) never lands inside a timed training epoch or benchmark."""
     if torch.device(device).type != "cpu":
         return
-    if any(isinstance(m, (Mamba, Mamba2)) and m.scan_impl in ("auto", "fused", "cuda") for m in model.modules()):
+    if any(isinstance(m, (Mamba, Mamba2)) and _requested_impl(m.scan_impl) in ("auto", "fused", "cuda")
+           for m in model.modules()):
         fused_scan.load_extension()
 
 

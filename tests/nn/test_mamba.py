@@ -383,3 +383,6 @@ def test_prepare_kernels_builds_only_when_the_fused_scan_will_run(monkeypatch, i
     calls.clear()
     mamba_mod.prepare_kernels(torch.nn.Linear(4, 4), "cpu")  # no Mamba block: nothing to build
     assert not calls
+    monkeypatch.setenv("SSMREC_SCAN_IMPL", "ref")  # "auto" resolved by the env var to the PyTorch scan
+    mamba_mod.prepare_kernels(torch.nn.Sequential(Mamba2(16, headdim=8)), "cpu")
+    assert not calls
