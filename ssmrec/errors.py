@@ -1,4 +1,17 @@
-"""User-facing errors. The CLI prints these as one line (no traceback) and exits non-zero."""
+"""User-facing errors and the one-line formatter. The CLI prints these as one line (no traceback)
+and exits non-zero."""
+
+from __future__ import annotations
+
+
+def one_line(text: object, limit: int = 240) -> str:
+    """Collapse any message (an exception, a multi-line tool output) to one line of at most ``limit``
+    characters. The one helper every error path uses."""
+    if isinstance(text, BaseException):
+        msg = str(text).strip()
+        text = f"{type(text).__name__}: {msg}" if msg else type(text).__name__
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class SsmrecError(Exception):
@@ -25,3 +38,14 @@ class DataError(SsmrecError):
 
 class ConfigError(SsmrecError):
     """A configuration file or --set override is invalid (unknown key, wrong type, bad value)."""
+
+
+class OutputError(SsmrecError):
+    """An output location cannot be written (unwritable, below a regular file, a directory where a
+    file is expected, disk full) or belongs to another run."""
+
+
+class TrainingDiverged(SsmrecError):
+    """The training loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+    exit_code = 3
