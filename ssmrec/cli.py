@@ -12,8 +12,6 @@ from pathlib import Path
 
 from ssmrec.errors import SsmrecError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
 
 def _cmd_data_check(args) -> int:
     from ssmrec.data.mmctr import describe, format_stats
@@ -32,14 +30,24 @@ def _cmd_data_synth(args) -> int:
 
 
 def resolve_config(name_or_path: str):
-    """A config path, or a built-in name such as ``mmctr_synth/mambactr`` (looked up in configs/)."""
-    from pathlib import Path
+    """A config path, or a built-in name such as ``mmctr_synth/mambactr_default`` (see ssmrec.config)."""
+    from ssmrec.config import resolve_config_path
 
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    builtin = CONFIG_DIR / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
-    return builtin if builtin.is_file() else p
+    return resolve_config_path(name_or_path)
+
+
+def preflight_run_dir(cfg, resume: bool, overwrite: bool) -> None:
+    """Before any data is read: the run folder is writable, free, and not an earlier run's unless told."""
+    from ssmrec.train.rundir import RunDir
+    from ssmrec.errors import OutputError
+
+    with RunDir(cfg.run_dir) as run:
+        previous = run.previous_run_files()
+        if previous and not overwrite and not (resume and (cfg.run_dir / "last.pt").exists()):
+            if resume:
+                return  # --resume with nothing to resume starts fresh (and clears the leftovers)
+            raise OutputError(f"{cfg.run_dir}: holds an earlier run ({', '.join(previous)}); pass --resume to "
+                              f"continue it or --overwrite to replace it")
 
 
 def _print_summary(summary: dict) -> None:
@@ -50,46 +58,84 @@ def _print_summary(summary: dict) -> None:
 
 def _cmd_train(args) -> int:
     from ssmrec.config import load_config
+
+    if args.resume and args.overwrite:
+        raise SsmrecError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    cfg = load_config(args.config, args.set)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        preflight_run_dir(cfg, args.resume, args.overwrite)
     from ssmrec.train.trainer import Trainer
 
-    cfg = load_config(resolve_config(args.config), args.set)
     trainer = Trainer(cfg)
-    summary = trainer.fit(resume=args.resume)
+    summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     if trainer.rank == 0:
         _print_summary(summary)
     return 0
 
 
+def _load_for_scoring(args):
+    from ssmrec.train.trainer import load_trained
+
+    if args.split not in ("train", "valid", "test"):
+        raise SsmrecError(f"--split must be one of train, valid, test, got {args.split!r}")
+    return load_trained(args.checkpoint, args.data, splits=(args.split,))
+
+
 def _cmd_evaluate(args) -> int:
     from ssmrec.data.mmctr import read_truth
-    from ssmrec.train.trainer import evaluate, load_trained
+    from ssmrec.tasks.ctr import evaluate_split
 
-    model, cfg, data = load_trained(args.checkpoint, args.data, splits=(args.split,))
+    model, cfg, data = _load_for_scoring(args)
+    if args.split not in data.splits:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
     split = data.splits[args.split]
     if split.label is None:
         raise SsmrecError(f"{data.root / (args.split + '.parquet')}: no 'label' column, cannot evaluate")
-    m = evaluate(model, split, cfg.train.eval_batch_size, "cpu", read_truth(data.root, args.split), progress=True)
+    m = evaluate_split(model, split, cfg.train.eval_batch_size, "cpu", read_truth(data.root, args.split),
+                       progress=True)
     _print_summary({"split": args.split, **m})
     return 0
 
 
-def _cmd_predict(args) -> int:
-    import os
-    from pathlib import Path
+def write_submission(path, p, column: str) -> None:
+    """``ID,<column>`` rows in split order; a ``.zip`` path holds it as ``prediction.csv`` (the archive
+    the MM-CTR leaderboard takes, as the official baseline's prediction.py writes)."""
+    import io
+    import zipfile
 
     import numpy as np
 
-    from ssmrec.train.trainer import load_trained, predict_split
+    from ssmrec.io import atomic_write
 
-    model, cfg, data = load_trained(args.checkpoint, args.data, splits=(args.split,))
+    buf = io.StringIO()
+    buf.write(f"ID,{column}\n")
+    np.savetxt(buf, np.column_stack([np.arange(len(p)), p]), fmt=["%d", "%.8f"], delimiter=",")
+    text = buf.getvalue()
+    if str(path).endswith(".zip"):
+        def write(tmp):
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                z.writestr("prediction.csv", text)
+        atomic_write(path, write)
+    else:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _cmd_predict(args) -> int:
+    import re
+
+    from ssmrec.io import check_output_file
+    from ssmrec.tasks.ctr import predict_split
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.column):
+        raise SsmrecError(f"--column must be a plain column name such as Task1 or Task2, got {args.column!r}")
+    out = check_output_file(args.out, "predictions")  # before any model or data is loaded
+    model, cfg, data = _load_for_scoring(args)
+    if args.split not in data.splits:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
     p = predict_split(model, data.splits[args.split], cfg.train.eval_batch_size, "cpu", progress=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("ID,Task2\n")
-        np.savetxt(f, np.column_stack([np.arange(len(p)), p]), fmt=["%d", "%.8f"], delimiter=",")
-    os.replace(tmp, out)
+    write_submission(out, p, args.column)
     print(f"wrote {len(p)} predictions to {out}")
     return 0
 
@@ -99,15 +145,19 @@ def _cmd_demo(args) -> int:
 
     from ssmrec.config import load_config
     from ssmrec.data.synth import synthesize
+    from ssmrec.io import check_output_dir
     from ssmrec.train.trainer import Trainer
 
     data_dir = Path(args.data_dir or f"data/synth-{args.preset}")
+    overrides = [f"data.dir={data_dir}", f"name=demo-{args.preset}", f"out_dir={args.out_dir}"] + (args.set or [])
+    cfg = load_config(f"mmctr_synth/mambactr_{args.preset}", overrides)  # validated before any work
+    check_output_dir(cfg.run_dir, "demo run")
     if not (data_dir / "item_info.parquet").exists():
+        check_output_dir(data_dir.parent, "synthetic data")
         print(f"synthesizing the '{args.preset}' world into {data_dir} ...", flush=True)
         synthesize(data_dir, preset=args.preset, seed=args.seed, overwrite=True)
-    overrides = [f"data.dir={data_dir}", f"name=demo-{args.preset}", f"out_dir={args.out_dir}"] + (args.set or [])
-    cfg = load_config(resolve_config(f"mmctr_synth/mambactr_{args.preset}"), overrides)
-    summary = Trainer(cfg).fit(resume=False)
+    # The demo replaces its own previous run (demo-PRESET): rerunning `make demo` must just work.
+    summary = Trainer(cfg).fit(resume=False, overwrite=True)
     _print_summary(summary)
     return 0
 
@@ -127,12 +177,20 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the project's error contract), exit code 2."""
+
+    def error(self, message):
+        print(f"ssmrec: error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssmrec", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _OneLineParser(prog="ssmrec", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     data = sub.add_parser("data", help="synthesize or validate MM-CTR data").add_subparsers(
-        dest="data_command", required=True
+        dest="data_command", required=True, parser_class=_OneLineParser
     )
     check = data.add_parser("check", help="validate an MM-CTR directory and print statistics")
     check.add_argument("dir")
@@ -149,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML path or built-in name, e.g. mmctr_synth/mambactr")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in the same folder (its checkpoints and metrics are deleted)")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="AUC / logloss / gAUC of a checkpoint on a labelled split")
@@ -157,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="valid")
     ev.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="write a challenge submission CSV (ID,Task2) for test.parquet")
+    pr = sub.add_parser("predict", help="write a challenge submission (ID,<column> CSV, or a .zip holding it)")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
     pr.add_argument("--split", default="test")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="CSV path, or a .zip path: the archive holds prediction.csv")
+    pr.add_argument("--column", default="Task2", help="prediction column name (the official MM-CTR baseline "
+                    "writes Task1; default Task2)")
     pr.set_defaults(func=_cmd_predict)
 
     demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
@@ -198,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Benchmarks live in ssmrec.bench.<name>; each module exposes add_parser(subparsers) which
     # registers its own arguments and func (importing torch lazily, inside the command).
     bench = sub.add_parser("bench", help="benchmarks: printed, saved as JSON + PNG").add_subparsers(
-        dest="bench_command", required=True
+        dest="bench_command", required=True, parser_class=_OneLineParser
     )
     # (bench subcommands are registered below, one line each)
     __import__("ssmrec.bench.block", fromlist=["add_parser"]).add_parser(bench)

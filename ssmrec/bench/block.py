@@ -154,14 +154,13 @@ def time_step(impl, args, n_steps=200):
 def time_ctr(data_dir, config, steps, repeats, warmup):
     """Training samples/s of MambaCTR and its Transformer twin on real batches of ``data_dir``."""
     import torch
-    import torch.nn.functional as F
 
-    from ssmrec.cli import resolve_config
     from ssmrec.config import load_config
     from ssmrec.data.mmctr import load_mmctr
     from ssmrec.models.ctr import build_ctr_model
+    from ssmrec.tasks.ctr import ctr_loss
 
-    cfg = load_config(resolve_config(config))
+    cfg = load_config(config)
     data = load_mmctr(data_dir, cfg.data.max_len, splits=("train",))
     split = data.splits["train"]
     bs = cfg.train.batch_size
@@ -181,7 +180,7 @@ def time_ctr(data_dir, config, steps, repeats, warmup):
         def run(model=model, opt=opt, batches=batches):
             for batch in batches:
                 o = model(batch)
-                loss = F.binary_cross_entropy_with_logits(o["logit"], batch["label"]) + o.get("aux_loss", 0.0)
+                loss = ctr_loss(o, batch)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

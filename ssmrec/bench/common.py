@@ -2,8 +2,8 @@
 
 * :func:`time_repeats` — call a function ``repeats`` times, return min / median / all seconds.
 * :func:`summarize_times` — the same statistics for timings measured elsewhere.
-* :func:`write_json_atomic`, :func:`write_text_atomic`, :func:`save_figure_atomic` — write to a
-  temporary file next to the target, then rename, so a killed bench never leaves a torn output.
+* :func:`write_json_atomic`, :func:`write_text_atomic`, :func:`save_figure_atomic` — the atomic
+  writers of :mod:`ssmrec.io` (a killed bench never leaves a torn output).
 * :func:`pyplot` — matplotlib's pyplot on the non-interactive Agg backend.
 * :func:`markdown_table` — a GitHub Markdown table from headers and rows.
 * :func:`machine_info`, :func:`peak_rss_mb` — what to record next to every measurement.
@@ -14,7 +14,6 @@ Nothing here imports torch: callers that need torch facts pass them in.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import resource
@@ -23,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from ssmrec.io import save_figure_atomic as _save_figure
+from ssmrec.io import write_json_atomic, write_text_atomic  # noqa: F401  (the benches' writers)
 
 
 def summarize_times(seconds: Sequence[float]) -> dict:
@@ -50,36 +52,6 @@ def time_repeats(fn: Callable[[], object], repeats: int = 3, warmup: int = 0) ->
     return summarize_times(times)
 
 
-def _tmp_for(path: Path) -> Path:
-    # Same directory (so os.replace is an atomic rename); keep the suffix so writers that pick
-    # a format from it (matplotlib) still work.
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-def write_text_atomic(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json_atomic(path, obj, indent: int = 2) -> Path:
-    """JSON-dump ``obj`` (NaN/inf written as null, so the file stays strict JSON)."""
-    return write_text_atomic(path, json.dumps(_finite(obj), indent=indent) + "\n")
-
-
-def _finite(obj):
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (benchmarks run headless)."""
     import matplotlib
@@ -91,14 +63,10 @@ def pyplot():
 
 
 def save_figure_atomic(fig, path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure via a temporary file + rename, then close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    """Save a matplotlib figure atomically (:mod:`ssmrec.io`), then close it."""
+    out = _save_figure(fig, path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+    return out
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -30,13 +30,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ssmrec.io import check_output_dir
 from ssmrec.bench.common import (format_seconds, machine_info, markdown_table, peak_rss_mb, pyplot,
                                  save_figure_atomic, summarize_times, time_repeats, write_json_atomic,
                                  write_text_atomic)
-from ssmrec.errors import ConfigError, DataError, SsmrecError
+from ssmrec.config import (apply_overrides, builtin_config_dir, from_dict, load_layers, resolve_config_path,
+                           set_dotted)
+from ssmrec.errors import ConfigError, DataError, SsmrecError, one_line
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_LIST = REPO_CONFIGS / "bench" / "ctr.yaml"
+DEFAULT_LIST = builtin_config_dir() / "bench" / "ctr.yaml"
 DEFAULT_DATA = "data/synth-default"
 DEFAULT_SEED = 20242025
 
@@ -123,54 +125,34 @@ def select_entries(entries: list[BenchEntry], models: str | None, source) -> lis
 
 
 def _config_path(name: str) -> Path:
-    p = Path(name)
-    if p.is_file():
-        return p
-    return REPO_CONFIGS / (name if name.endswith(".yaml") else name + ".yaml")
-
-
-def set_nested(d: dict, key: str, value, source: str) -> None:
-    node = d
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source}: cannot set '{key}': '{p}' is not a section")
-    node[parts[-1]] = value
-
-
-def _read_yaml(path: Path, source: str) -> dict:
-    import yaml
-
+    """The file a bench entry's ``config`` names (resolved like every other config; may not exist)."""
     try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: {path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{source}: {path}: top level must be a mapping")
-    return d
+        return resolve_config_path(name)
+    except ConfigError:
+        return Path(name)
 
 
 def run_config_for(entry: BenchEntry, list_path, *, data_dir: str, epochs: int, seed: int, sets: list[str],
                    threads: int, runs_dir: Path) -> tuple[Path, dict]:
     """The validated run config (as a dict) of one entry: its YAML, then the entry's ``set``, then the
     user's ``--set``, then the bench's fixed overrides (data, epochs, seed, run folder)."""
-    from ssmrec.config import apply_overrides, from_dict
-
     source = f"{list_path}: model '{entry.label}'"
     path = _config_path(entry.config)
     if not path.is_file():
         raise ConfigError(f"{source}: config '{entry.config}' not found ({path} does not exist)")
-    d = _read_yaml(path, source)
+    try:
+        d, path = load_layers(path)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     for key, value in entry.set.items():
-        set_nested(d, key, value, source)
+        set_dotted(d, key, value, source)
     d = apply_overrides(d, sets)
     fixed = {"data.dir": data_dir, "train.epochs": epochs, "train.seed": seed, "name": entry.label,
              "out_dir": str(runs_dir)}
     if threads > 0:
         fixed["train.threads"] = threads
     for key, value in fixed.items():
-        set_nested(d, key, value, source)
+        set_dotted(d, key, value, source)
     try:
         cfg = from_dict(d, source=str(path))
     except ConfigError as e:
@@ -185,10 +167,13 @@ def reference_config_for(entry: BenchEntry) -> tuple[Path, dict | None]:
     path = _config_path(name)
     if not path.is_file():
         return path, None
-    d = _read_yaml(path, f"model '{entry.label}' reference")
+    try:
+        d, path = load_layers(path)
+    except ConfigError as e:
+        raise ConfigError(f"model '{entry.label}' reference: {e}") from None
     for key, value in entry.set.items():
         if key.startswith("model_params."):
-            set_nested(d, key, value, str(path))
+            set_dotted(d, key, value, str(path))
     return path, d
 
 
@@ -213,14 +198,6 @@ def reference_params(config: dict, source: str) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    if not isinstance(e, SsmrecError):
-        msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-    return msg[:300]
-
-
 def worker(spec_path, result_path) -> int:
     """Child process: train one model with the Trainer, time inference, measure peak RSS, count
     parameters at the reference config; write a result record (also on failure)."""
@@ -236,7 +213,7 @@ def worker(spec_path, result_path) -> int:
 
         cfg = from_dict(spec["run_config"], source=spec["config_path"])
         trainer = Trainer(cfg)
-        summary = trainer.fit(resume=False)
+        summary = trainer.fit(resume=False, overwrite=True)  # the bench owns its run folders
         epoch_s = [h["train_s"] for h in trainer.history]
         # Inference timings: the Trainer's own evaluations (one per epoch + the final one), topped
         # up with extra timed passes over the valid split to reach --infer-repeats.
@@ -264,14 +241,14 @@ def worker(spec_path, result_path) -> int:
         del trainer
     except Exception as e:  # noqa: BLE001 — recorded as this model's failure; the bench goes on
         traceback.print_exc(file=sys.stdout)
-        result.update(status="failed", error=_one_line(e), peak_rss_mb=peak_rss_mb())
+        result.update(status="failed", error=one_line(e, 300), peak_rss_mb=peak_rss_mb())
     if spec.get("reference_config") is not None:
         try:
             result["params_ref"] = reference_params(spec["reference_config"], spec["reference_path"])
         except Exception as e:  # noqa: BLE001
             traceback.print_exc(file=sys.stdout)
             result["params_ref"] = None
-            result["params_ref_error"] = _one_line(e)
+            result["params_ref_error"] = one_line(e, 300)
     sys.stdout.flush()
     write_json_atomic(result_path, result)
     return 0 if result["status"] == "ok" else 1
@@ -434,7 +411,7 @@ def cmd_bench_ctr(args) -> int:
         raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
     if args.infer_repeats < 1:
         raise SsmrecError(f"--infer-repeats must be >= 1, got {args.infer_repeats}")
-    out = Path(args.out)
+    out = check_output_dir(args.out, "bench output")
     data = _resolve_data(args)
     # Cheap checks first (no torch import): every config file exists, --resume settings match.
     for e in entries:
@@ -531,7 +508,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--models", help="comma-separated labels from the model list (default: all)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per model (overrides train.epochs; default 1)")
     p.add_argument("--out", default="runs/bench-ctr", help="output folder (default runs/bench-ctr)")
-    p.add_argument("--config-list", help=f"model list YAML (default {DEFAULT_LIST.relative_to(REPO_CONFIGS.parent)})")
+    p.add_argument("--config-list", help=f"model list YAML (default: the built-in bench/ctr.yaml)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="train.seed for every model")
     p.add_argument("--threads", type=int, default=0, help="torch threads per model (0 = torch default)")
     p.add_argument("--infer-repeats", type=int, default=3,

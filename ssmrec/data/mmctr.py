@@ -15,7 +15,7 @@ tensors, so ``ssmrec data check`` starts without paying the torch import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,12 +33,13 @@ from ssmrec.data.schema import (
     N_ITEM_TAGS,
     SPLITS,
 )
-from ssmrec.errors import ConfigError, DataError
+from ssmrec.errors import ConfigError, DataError, one_line
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CTRBatch",
     "ItemInfo",
     "Split",
     "MMCTRData",
@@ -68,6 +69,44 @@ class ItemInfo:
 
 
 @dataclass
+class CTRBatch:
+    """One typed mini-batch of MM-CTR rows: every model reads these fields by name.
+
+    ``item_seq`` is left-padded with 0 (most recent item last); ``mask`` is ``item_seq > 0``.
+    """
+
+    user_id: torch.Tensor  # (B,) int64
+    item_seq: torch.Tensor  # (B, L) int64
+    mask: torch.Tensor  # (B, L) bool, True = real history slot
+    item_id: torch.Tensor  # (B,) int64, the target item
+    likes_level: torch.Tensor  # (B,) int64
+    views_level: torch.Tensor  # (B,) int64
+    label: torch.Tensor | None = None  # (B,) float32, None for unlabelled (test) rows
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    def to(self, device, non_blocking: bool = True) -> "CTRBatch":
+        return CTRBatch(**{f.name: (None if getattr(self, f.name) is None
+                                    else getattr(self, f.name).to(device, non_blocking=non_blocking))
+                           for f in fields(self)})
+
+    def replace(self, **changes) -> "CTRBatch":
+        return replace(self, **changes)
+
+    def rows(self, sel) -> "CTRBatch":
+        """The rows ``sel`` (an index or boolean tensor) of this batch."""
+        return CTRBatch(**{k: (None if v is None else v[sel]) for k, v in self.as_dict().items()})
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def newest(self, k: int) -> "CTRBatch":
+        """The same rows with only the newest ``k`` history slots."""
+        return replace(self, item_seq=self.item_seq[:, -k:], mask=self.mask[:, -k:])
+
+
+@dataclass
 class Split:
     name: str
     user_id: torch.Tensor  # (N,) int64
@@ -82,19 +121,11 @@ class Split:
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def batch(self, idx: torch.Tensor) -> CTRBatch:
         seq = self.item_seq[idx]
-        out = {
-            "user_id": self.user_id[idx],
-            "item_seq": seq,
-            "mask": seq > 0,
-            "item_id": self.item_id[idx],
-            "likes_level": self.likes_level[idx],
-            "views_level": self.views_level[idx],
-        }
-        if self.label is not None:
-            out["label"] = self.label[idx]
-        return out
+        return CTRBatch(user_id=self.user_id[idx], item_seq=seq, mask=seq > 0, item_id=self.item_id[idx],
+                        likes_level=self.likes_level[idx], views_level=self.views_level[idx],
+                        label=None if self.label is None else self.label[idx])
 
 
 @dataclass
@@ -108,11 +139,6 @@ class MMCTRData:
 # ----------------------------------------------------------------------------------------------
 # Low-level helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _one_line(text: object, limit: int = 200) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _check_max_len(max_len) -> int:
@@ -129,7 +155,7 @@ def _read_table(path: Path) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parquet (empty or truncated?): {_one_line(e)}") from None
+        raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
     if table.num_rows == 0:
         raise DataError(path, "file has 0 rows")
     return table
@@ -463,7 +489,8 @@ def read_truth(root, split, n_rows=None):
             try:
                 n_rows = pq.ParquetFile(split_path).metadata.num_rows
             except (pa.ArrowException, OSError, ValueError) as e:
-                raise DataError(split_path, f"cannot read parquet (empty or truncated?): {_one_line(e)}") from None
+                raise DataError(split_path,
+                                f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
     if n_rows is not None and len(p) != n_rows:
         raise DataError(path, f"has {len(p)} rows but {split}.parquet has {n_rows}", column="p_click")
     return p

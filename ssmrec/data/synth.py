@@ -28,12 +28,12 @@ Generative model (all draws from one seeded numpy Generator, so a seed fixes eve
 
 Outputs in ``out/``: ``train/valid/test.parquet`` (test without ``label``), ``item_info.parquet``,
 ``item_feature.parquet`` (``item_id``, ``item_title``, ``cover_path``), ``covers/*.png``,
-``truth/{train,valid,test}.parquet`` (``p_click``, ``label``) and ``world.json`` (the parameters).
+``truth/{train,valid,test}.parquet`` (``p_click``, ``label``) and ``world.json`` (the seed, the preset
+used -- ``"custom"`` for a config that is no preset -- and every parameter of the config).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssmrec.data.schema import DEFAULT_MAX_LEN, ITEM_EMB_DIM, N_ITEM_TAGS
-from ssmrec.errors import SsmrecError
+from ssmrec.errors import OutputError, SsmrecError
+from ssmrec.io import atomic_write, check_output_dir, os_error_line, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -257,21 +258,69 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
     return {"cat": cat, "z": z, "log_pop": log_pop, "tags": tags, "emb": emb, "rows": rows}
 
 
-def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = False, config: WorldConfig | None = None) -> Path:
-    """Write a synthetic MM-CTR world to ``out``. Files are written to a temporary folder first and
-    moved into place at the end, so an interrupted run never leaves a half-written world."""
+def preset_name(config: WorldConfig) -> str:
+    """The preset ``config`` equals, else ``"custom"``."""
+    return next((name for name, c in PRESETS.items() if c == config), "custom")
+
+
+def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = False,
+               config: WorldConfig | None = None) -> Path:
+    """Write a synthetic MM-CTR world to ``out`` (``config`` overrides ``preset``).
+
+    Everything is checked first: ``out`` is a folder (or absent), empty unless ``overwrite``, and
+    ``overwrite`` only ever replaces an earlier synthetic world (a folder holding ``world.json``),
+    never another folder. Files are written to a sibling staging folder, which then takes the place
+    of ``out`` (the old world is renamed away first and deleted last), so an interrupted run never
+    leaves a half-written world and a failed overwrite keeps the old one."""
     if config is None:
         if preset not in PRESETS:
             raise SsmrecError(f"unknown synthetic preset '{preset}' (choose from {', '.join(PRESETS)})")
         config = PRESETS[preset]
+    elif not isinstance(config, WorldConfig):
+        raise SsmrecError(f"config must be a WorldConfig, got {type(config).__name__}")
+    used = preset_name(config)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SsmrecError(f"{out}: output directory exists and is not empty (use --overwrite)")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise OutputError(f"{out}: output exists and is not a folder")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise SsmrecError(f"{out}: output directory exists and is not empty (use --overwrite)")
+            if not (out / "world.json").is_file():
+                raise OutputError(f"{out}: not a synthetic world (no world.json); --overwrite only replaces an "
+                                  "earlier synthetic world, choose another output folder")
+    check_output_dir(out.parent, "synthetic world")
     world = generate(config, seed)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "truth").mkdir(parents=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "truth").mkdir(parents=True)
+        _write_world(tmp, world, config, seed, used)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # e.g. disk full while drawing covers
+            raise OutputError(os_error_line(e, out, "write synthetic world")) from None
+        raise
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    try:
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # put the previous world back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(os_error_line(e, out, "replace synthetic world")) from None
+    if old.is_symlink():  # ``out`` was a link to a folder: the link is replaced, its target kept
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset: str) -> None:
+    def write_parquet(table: pa.Table, path: Path) -> None:
+        atomic_write(path, lambda t: pq.write_table(table, t))
 
     n_items = config.n_items
     ids = np.arange(n_items + 1, dtype=np.int64)
@@ -280,13 +329,13 @@ def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = Fa
         "item_tags": pa.FixedSizeListArray.from_arrays(pa.array(world["tags"].reshape(-1)), N_ITEM_TAGS),
         "item_emb_d128": pa.FixedSizeListArray.from_arrays(pa.array(world["emb"].reshape(-1)), ITEM_EMB_DIM),
     })
-    pq.write_table(item_info, tmp / "item_info.parquet")
+    write_parquet(item_info, tmp / "item_info.parquet")
 
     titles = _titles(np.random.default_rng(seed + 1), config, world["cat"][1:], world["z"][1:])
     cover_paths = [f"covers/{i:06d}.png" for i in ids[1:]]
-    pq.write_table(pa.table({"item_id": pa.array(ids[1:]), "item_title": titles, "cover_path": cover_paths}),
-                   tmp / "item_feature.parquet")
-    if config.write_covers:
+    write_parquet(pa.table({"item_id": pa.array(ids[1:]), "item_title": titles, "cover_path": cover_paths}),
+                  tmp / "item_feature.parquet")
+    if config.write_covers:  # plain writes: the staging folder is the unit that appears atomically
         (tmp / "covers").mkdir()
         for i in range(1, n_items + 1):
             _draw_cover(tmp / cover_paths[i - 1], world["z"][i], int(world["cat"][i]), config.cover_size)
@@ -306,12 +355,7 @@ def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = Fa
         }
         if split != "test":  # like the challenge, the test labels are withheld
             cols["label"] = pa.array(rows["label"][a:b])
-        pq.write_table(pa.table(cols), tmp / f"{split}.parquet")
-        pq.write_table(pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]}),
-                       tmp / "truth" / f"{split}.parquet")
-    (tmp / "world.json").write_text(json.dumps({"seed": seed, "preset": preset, **asdict(config)}, indent=2))
-
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+        write_parquet(pa.table(cols), tmp / f"{split}.parquet")
+        write_parquet(pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]}),
+                      tmp / "truth" / f"{split}.parquet")
+    write_json_atomic(tmp / "world.json", {"seed": seed, "preset": preset, **asdict(config)})

@@ -34,14 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmrec.errors import SsmrecError
+from ssmrec.errors import SsmrecError, one_line
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def _one_line(e: object, limit: int = 240) -> str:
-    s = " ".join(str(e).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _package_model_dir(spec: str) -> Path | None:
@@ -78,7 +73,8 @@ def resolve_model_dir(spec: str, allow_download: bool = False) -> tuple[Path, st
         return Path(path).resolve(), "hub-download" if allow_download else "hub-cache"
     except Exception as e:  # huggingface_hub raises several types (not cached, offline, auth, ...)
         if allow_download:
-            raise SsmrecError(f"encoder '{spec}': download from the Hugging Face hub failed: {_one_line(e)}") from None
+            raise SsmrecError(f"encoder '{spec}': download from the Hugging Face hub failed: "
+                              f"{one_line(str(e))}") from None
         raise SsmrecError(
             f"encoder '{spec}': not a local folder and not in the Hugging Face cache; pass a local folder "
             f"holding the saved model (e.g. from `huggingface-cli download {spec} --local-dir DIR` on a "
@@ -222,7 +218,7 @@ def _load_remote_code(enc: Encoder, device, dtype, trust_remote_code: bool):
     try:
         model = AutoModel.from_pretrained(enc.path, trust_remote_code=True, local_files_only=True)
     except OSError as e:  # e.g. the code repo referenced by auto_map is not cached
-        raise SsmrecError(f"encoder '{enc.spec}': cannot load its remote code offline: {_one_line(e)}") from None
+        raise SsmrecError(f"encoder '{enc.spec}': cannot load its remote code offline: {one_line(str(e))}") from None
     model = model.to(device=device, dtype=dtype).eval()
     method = "encode_image" if enc.modality == "image" else "encode_text"
     if not callable(getattr(model, method, None)):
@@ -242,7 +238,7 @@ def load_encoder(modality: str, spec: str, trust_remote_code: bool = False, allo
         try:
             cfg = json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as e:
-            raise SsmrecError(f"encoder '{spec}': cannot read {path / 'config.json'}: {_one_line(e)}") from None
+            raise SsmrecError(f"encoder '{spec}': cannot read {path / 'config.json'}: {one_line(str(e))}") from None
         kind = "remote-code" if cfg.get("auto_map") else "transformers"
     else:
         raise SsmrecError(f"encoder '{spec}': {path} holds no config.json / modules.json (not a saved model folder)")
@@ -264,7 +260,7 @@ def load_encoder(modality: str, spec: str, trust_remote_code: bool = False, allo
     except SsmrecError:
         raise
     except (OSError, ValueError, KeyError) as e:
-        raise SsmrecError(f"encoder '{spec}': cannot load {kind} model from {path}: {_one_line(e)}") from None
+        raise SsmrecError(f"encoder '{spec}': cannot load {kind} model from {path}: {one_line(str(e))}") from None
     enc.fingerprint = _fingerprint(path, kind)
     enc.device, enc.dtype = str(device), str(dtype).replace("torch.", "")
     return enc

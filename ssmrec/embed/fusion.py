@@ -35,7 +35,9 @@ def parse_weights(text) -> tuple[float, float]:
         raise ConfigError(f"--weights must be two numbers 'IMAGE,TEXT' (e.g. 0.7,0.3), got {text!r}") from None
     if len(w) != 2 or not all(np.isfinite(w)):
         raise ConfigError(f"--weights must be two finite numbers 'IMAGE,TEXT' (e.g. 0.7,0.3), got {text!r}")
-    if min(w) < 0 or abs(sum(w) - 1.0) > 1e-6:
+    if min(w) < 0:
+        raise ConfigError(f"--weights {w[0]:g},{w[1]:g}: λ_img and λ_txt must be >= 0 (MambaCTR §3.2.2)")
+    if abs(sum(w) - 1.0) > 1e-6:
         raise ConfigError(f"--weights {w[0]:g},{w[1]:g}: λ_img and λ_txt must be >= 0 and sum to 1 "
                           f"(MambaCTR §3.2.2), they sum to {sum(w):g}")
     return w

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssmrec.errors import DataError
+from ssmrec.errors import DataError, one_line
 
 ITEM_FEATURE_FILE = "item_feature.parquet"
 DEFAULT_COVER_DIRS = ("covers", "item_images")
@@ -98,7 +98,7 @@ def read_item_table(items, covers=None, need_titles: bool = True, need_covers: b
         wanted = [c for c in ("item_id", "item_title", "cover_path") if c in schema.names]
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parquet (empty or truncated?): {' '.join(str(e).split())[:200]}") from None
+        raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
     if "item_id" not in table.column_names:
         raise DataError(path, f"missing column (found: {', '.join(schema.names)})", column="item_id")
     if table.num_rows == 0:

@@ -15,6 +15,14 @@
 * ``.embed_cache/`` — the per-item encoder outputs (see :mod:`ssmrec.embed.cache`); a rerun with
   other ``weights`` / ``dim`` / ``whiten`` re-fuses from it without encoding anything.
 
+Every check runs **before anything is written** (and before any model is loaded): the arguments,
+``--out`` against the inputs (it must not be ``--items`` itself nor hold ``--item-info``), ``--out``
+against what it already holds (an existing MM-CTR data folder, or real files where the links go, is
+never overwritten; an earlier ``ssmrec embed`` output is, so a rerun resumes), writability of
+``--out`` and the cache, and ``--dim`` against the number of items. ``--dim`` against the encoders'
+width is checked as soon as the widths are known (one probe item right after each encoder loads).
+All writes are atomic (:mod:`ssmrec.io`).
+
 Items whose cover is missing or unreadable are skipped (``on_bad_image="skip"``, the default) or
 stop the run (``"fail"``). A skipped item's image vector is replaced by the **mean of the
 L2-normalised image vectors of all good items** (mean imputation: the item keeps its own text part
@@ -24,8 +32,8 @@ outlier). Every skipped item is logged and listed with its reason in the manifes
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import json
 import os
 import sys
 import time
@@ -40,7 +48,8 @@ from ssmrec.data.schema import ITEM_EMB_DIM, SPLITS
 from ssmrec.embed.cache import EmbeddingCache
 from ssmrec.embed.fusion import fit_pca, fuse, parse_weights
 from ssmrec.embed.items import ItemTable, load_image, read_item_table
-from ssmrec.errors import ConfigError, DataError, SsmrecError
+from ssmrec.errors import ConfigError, DataError, OutputError, SsmrecError
+from ssmrec.io import atomic_write, check_output_dir, os_error_line, write_json_atomic
 
 MANIFEST = "embed_manifest.json"
 PCA_FILE = "embed_pca.npz"
@@ -52,35 +61,34 @@ LINKED = tuple(f"{s}.parquet" for s in SPLITS) + ("truth", "world.json", "item_f
 _MAX_LISTED = 1000  # manifest lists at most this many item ids per category (counts are always exact)
 
 
-def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_npz(path: Path, **arrays) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
-def _atomic_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def _not_a_link(dst: Path, src: Path) -> str | None:
+    """Why ``dst`` must not be replaced by a link to ``src`` (None when it may: absent or a link)."""
+    if dst.is_symlink() or not dst.exists():
+        return None
+    return f"{dst}: exists and is not a link to {src}; use a new or empty --out folder"
 
 
 def _link(src: Path, dst: Path) -> None:
     """``dst`` -> symlink to ``src`` (replacing an older link atomically; never a real file)."""
-    if dst.exists() or dst.is_symlink():
-        if not dst.is_symlink():
-            raise DataError(dst, f"exists and is not a link to {src}; use an empty --out folder")
+    why = _not_a_link(dst, src)
+    if why is not None:
+        raise OutputError(why)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.lnk")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise OutputError(os_error_line(e, dst, "create link")) from None
 
 
 def _image_batches(paths: list, chunks: list[np.ndarray], pool: ThreadPoolExecutor):
@@ -101,6 +109,46 @@ def iter_batches(modality: str, table: ItemTable, chunks: list[np.ndarray], pool
     return ((c, [(table.titles[i], None) for i in c]) for c in chunks)
 
 
+def _probe_width(enc, modality: str, table: ItemTable) -> int | None:
+    """The encoder's output width from one item (the first title, or the first readable cover among
+    the first 64); None when no such cover (the first encoded batch tells)."""
+    if modality == "text":
+        return int(enc.encode([table.titles[0]]).shape[1])
+    for path in table.covers[:64]:
+        img, _ = load_image(path)
+        if img is not None:
+            try:
+                return int(enc.encode([img]).shape[1])
+            finally:
+                img.close()
+    return None
+
+
+class _DimCheck:
+    """``--dim`` against the fused width (the widest encoder): checked as soon as every encoder's width
+    is known. ``dim == 128`` (the MM-CTR schema width) is always accepted: missing components are
+    zero columns, reported (see :mod:`ssmrec.embed.fusion`)."""
+
+    def __init__(self, dim: int, modalities: list[str], n_items: int):
+        self.dim, self.modalities, self.n_items = int(dim), modalities, n_items
+        self.widths: dict[str, int] = {}
+        self.done = self.dim == ITEM_EMB_DIM
+
+    def __call__(self, modality: str, width: int) -> None:
+        if self.done:
+            return
+        self.widths[modality] = int(width)
+        if self.dim <= max(self.widths.values()):
+            self.done = True
+        elif all(m in self.widths for m in self.modalities):
+            self.done = True
+            top = max(self.widths.values())
+            each = ", ".join(f"{m} {w}" for m, w in self.widths.items())
+            raise ConfigError(f"--dim {self.dim} is larger than the encoder output width ({each}): the maximum "
+                              f"allowed is {min(top, self.n_items)} (or {ITEM_EMB_DIM}, the MM-CTR width, "
+                              "zero-padded)")
+
+
 class _Report:
     def __init__(self, log):
         self.log = log
@@ -111,7 +159,7 @@ class _Report:
 
 
 def _encode_modality(modality, spec, table: ItemTable, cache_root: Path, batch_size, on_bad_image,
-                     trust_remote_code, allow_download, progress, report, after_batch) -> dict:
+                     trust_remote_code, allow_download, progress, report, after_batch, dim_check=None) -> dict:
     """Encode one modality for all items (cache first). Returns a dict with ``emb`` (n, d) float32 in
     table order, ``ok`` (n,) bool, ``skipped`` [(id, reason)], the encoder info and counts/times."""
     from tqdm import tqdm
@@ -135,6 +183,10 @@ def _encode_modality(modality, spec, table: ItemTable, cache_root: Path, batch_s
         ok[rows[keep]] = True
     n_cached = int(ok.sum())
     todo = np.nonzero(~ok)[0]
+    if dim_check is not None and not dim_check.done:
+        width = cached_emb.shape[1] if cached_emb is not None else _probe_width(enc, modality, table)
+        if width is not None:
+            dim_check(modality, width)
     report(f"{modality} encoder {spec} ({enc.kind}, {enc.device}/{enc.dtype}): {n_cached} of {n} items cached, "
            f"encoding {len(todo)}")
     chunks = [todo[a:a + batch_size] for a in range(0, len(todo), batch_size)]
@@ -160,6 +212,8 @@ def _encode_modality(modality, spec, table: ItemTable, cache_root: Path, batch_s
                 if not np.isfinite(out).all():
                     raise SsmrecError(f"{modality} encoder {spec} produced NaN/inf (fp16 overflow?)")
                 if emb is None:
+                    if dim_check is not None:
+                        dim_check(modality, out.shape[1])
                     emb = np.zeros((n, out.shape[1]), np.float32)
                 elif out.shape[1] != emb.shape[1]:
                     raise SsmrecError(f"{modality} encoder {spec}: width {out.shape[1]} differs from the cached "
@@ -195,6 +249,38 @@ def _is_mmctr_dir(root: Path) -> bool:
     return all((root / f"{s}.parquet").is_file() for s in SPLITS) and (root / "item_info.parquet").is_file()
 
 
+def _check_out_vs_inputs(out: Path, items: Path, info_path: Path, item_info_given: bool) -> None:
+    """A command never writes into its input: ``--out`` is not ``--items`` and does not hold ``--item-info``."""
+    o = out.resolve()
+    if o == items.resolve():
+        raise ConfigError(f"--out {out} must differ from --items (the source item_info.parquet is never overwritten)")
+    if info_path.resolve().parent == o:  # OUT/item_info.parquet is written (also through a link to it)
+        what = f"--item-info {info_path}" if item_info_given else f"the input {info_path}"
+        raise ConfigError(f"{what} lies in --out {out}: the input item_info is never overwritten; "
+                          "choose another --out folder")
+
+
+def _check_out_contents(out: Path, items: Path, mmctr: bool) -> None:
+    """``out`` may be new, empty or an earlier `ssmrec embed` output (rerun / resume); never an MM-CTR
+    data folder of its own, and never holding real files where the links to ``items`` go."""
+    if not out.is_dir():
+        return
+    # An earlier run wrote item_emb.parquet before its item_info.parquet; its split files are links.
+    earlier = (out / MANIFEST).is_file() or (out / EMB_FILE).is_file()
+    data = [n for n in ("item_info.parquet", *(f"{s}.parquet" for s in SPLITS))
+            if (out / n).exists() and not (out / n).is_symlink()]
+    if data and not (earlier and data == ["item_info.parquet"]):
+        what = "an existing MM-CTR data folder" if data != ["item_info.parquet"] else "a data folder of its own"
+        raise OutputError(f"--out {out} is {what}, not an earlier `ssmrec embed` output (its {', '.join(data)} "
+                          "would be overwritten); choose a new or empty --out folder")
+    if mmctr:
+        for name in LINKED:
+            if (items / name).exists():
+                why = _not_a_link(out / name, (items / name).resolve())
+                if why is not None:
+                    raise OutputError(why)
+
+
 def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None, dim: int = ITEM_EMB_DIM,
                 whiten: bool = False, on_bad_image: str = "skip", batch_size: int = 64, covers=None,
                 item_info=None, cache_dir=None, trust_remote_code: bool = False, allow_download: bool = False,
@@ -223,14 +309,17 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
     else:
         lam = (1.0, 0.0) if image_encoder is not None else (0.0, 1.0)
 
+    # Every check before any write and before any model is loaded (see the module docstring).
     items, out = Path(items), Path(out)
-    if out.resolve() == items.resolve():
-        raise ConfigError(f"--out {out} must differ from --items (the source item_info.parquet is never overwritten)")
+    info_path = Path(item_info) if item_info is not None else items / "item_info.parquet"
+    _check_out_vs_inputs(out, items, info_path, item_info is not None)
     table = read_item_table(items, covers=covers, need_titles=text_encoder is not None,
                             need_covers=image_encoder is not None)
+    if dim > len(table) and dim != ITEM_EMB_DIM:
+        raise ConfigError(f"--dim {dim} is larger than the number of items ({len(table)} in {table.file}): "
+                          f"the maximum allowed is {len(table)}")
 
     # The MM-CTR item_info to rewrite (validated up front: fail before hours of encoding, not after).
-    info_path = Path(item_info) if item_info is not None else items / "item_info.parquet"
     info_table, n_info = None, 0
     if item_info is not None or info_path.is_file():
         from ssmrec.data.mmctr import read_item_info
@@ -243,14 +332,25 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
                             column="item_id", row=row)
         info_table = pq.read_table(info_path)
     mmctr = _is_mmctr_dir(items)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_contents(out, items, mmctr)
+    out_existed = out.exists()
+    check_output_dir(out, "embedding output")
     cache_root = Path(cache_dir) if cache_dir is not None else out / CACHE_DIR
+    try:
+        check_output_dir(cache_root, "embedding cache")
+    except OutputError:
+        if not out_existed:  # leave nothing behind: remove the (empty) folder just created
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
+    wanted = [(m, spec) for m, spec in (("image", image_encoder), ("text", text_encoder)) if spec is not None]
+    dim_check = _DimCheck(dim, [m for m, _ in wanted], len(table))
     results = {}
-    for modality, spec in (("image", image_encoder), ("text", text_encoder)):
-        if spec is not None:
-            results[modality] = _encode_modality(modality, spec, table, cache_root, batch_size, on_bad_image,
-                                                 trust_remote_code, allow_download, progress, report, after_batch)
+    for modality, spec in wanted:
+        results[modality] = _encode_modality(modality, spec, table, cache_root, batch_size, on_bad_image,
+                                             trust_remote_code, allow_download, progress, report, after_batch,
+                                             dim_check)
 
     # Skipped covers: mean imputation of the (unit) image vector, see the module docstring.
     img = results.get("image")
@@ -265,17 +365,20 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
     fused, how = fuse(image_unit, text_emb, lam)
     reduced, pca, k = fit_pca(fused, int(dim), whiten)
     evr = pca.explained_variance_ratio_
+    if k < dim:
+        report(f"only {k} PCA components exist ({len(table)} items, fused width {fused.shape[1]}): the last "
+               f"{int(dim) - k} of the {dim} columns are zeros")
 
     written = {EMB_FILE: None, PCA_FILE: None, MANIFEST: None}
     col = f"item_emb_d{dim}"
-    _atomic_parquet(pa.table({"item_id": pa.array(table.ids),
-                              col: pa.FixedSizeListArray.from_arrays(pa.array(reduced.reshape(-1)), int(dim))}),
-                    out / EMB_FILE)
-    _atomic_npz(out / PCA_FILE, components=pca.components_, mean=pca.mean_,
-                explained_variance=pca.explained_variance_, explained_variance_ratio=evr,
-                whiten=np.array(whiten), weights=np.array(lam), item_ids=table.ids,
-                Q=how["Q"] if how["Q"] is not None else np.zeros((0, 0)),
-                Q_applies_to=np.array(how["projected"] or ""))
+    emb_table = pa.table({"item_id": pa.array(table.ids),
+                          col: pa.FixedSizeListArray.from_arrays(pa.array(reduced.reshape(-1)), int(dim))})
+    atomic_write(out / EMB_FILE, lambda tmp: pq.write_table(emb_table, tmp))
+    _write_npz(out / PCA_FILE, components=pca.components_, mean=pca.mean_,
+               explained_variance=pca.explained_variance_, explained_variance_ratio=evr,
+               whiten=np.array(whiten), weights=np.array(lam), item_ids=table.ids,
+               Q=how["Q"] if how["Q"] is not None else np.zeros((0, 0)),
+               Q_applies_to=np.array(how["projected"] or ""))
 
     missing_features: list[int] = []
     info_note = None
@@ -294,7 +397,8 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
                        "their item_emb_d128 is all zeros")
             emb_col = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), ITEM_EMB_DIM)
             i = info_table.column_names.index("item_emb_d128")
-            _atomic_parquet(info_table.set_column(i, "item_emb_d128", emb_col), out / "item_info.parquet")
+            new_info = info_table.set_column(i, "item_emb_d128", emb_col)
+            atomic_write(out / "item_info.parquet", lambda tmp: pq.write_table(new_info, tmp))
             written["item_info.parquet"] = None
     if mmctr:
         for name in LINKED:
@@ -333,7 +437,7 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
         "outputs": written,
         "time_s": round(time.perf_counter() - t_start, 3),
     }
-    _atomic_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     report(f"wrote {len(table)} item embeddings ({dim}-d, PCA explained variance {evr.sum():.3f}) to {out}"
            + (f"; {len(skipped)} covers skipped (see {MANIFEST})" if skipped else ""))
     return manifest

@@ -6,6 +6,7 @@ without the multimodal vector); target side info ``[likes (d) ; views (d)]``.
 
 from __future__ import annotations
 
+from ssmrec.data.mmctr import CTRBatch
 import torch
 import torch.nn as nn
 
@@ -45,11 +46,11 @@ class MMCTRFeatureEmbedding(nn.Module):
             parts.append(self.mm_proj(self.item_emb[ids]))
         return torch.cat(parts, dim=-1)
 
-    def forward(self, batch: dict):
+    def forward(self, batch: CTRBatch):
         """Returns ``target (B, D)``, ``history (B, L, D)`` zeroed where ``mask`` is False, and
         ``side (B, 2d)``. Target and history share one lookup (one gather for L + 1 ids)."""
-        ids = torch.cat([batch["item_seq"], batch["item_id"].unsqueeze(1)], dim=1)
+        ids = torch.cat([batch.item_seq, batch.item_id.unsqueeze(1)], dim=1)
         vecs = self.items(ids)
-        history = vecs[:, :-1] * batch["mask"].unsqueeze(-1).to(vecs.dtype)
-        side = torch.cat([self.likes_table(batch["likes_level"]), self.views_table(batch["views_level"])], dim=-1)
+        history = vecs[:, :-1] * batch.mask.unsqueeze(-1).to(vecs.dtype)
+        side = torch.cat([self.likes_table(batch.likes_level), self.views_table(batch.views_level)], dim=-1)
         return vecs[:, -1], history, side

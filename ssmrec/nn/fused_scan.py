@@ -6,8 +6,12 @@ traffic; a fused loop keeps each channel block's state in L1 and reads each inpu
 kernel links against the installed torch (no extra runtime dependency), uses ATen's thread pool
 (``torch.set_num_threads`` applies), takes strided views without copies, and supports float64 for
 gradcheck. It needs a C++ compiler and ``ninja`` (a dependency of ssmrec) at first use; the build
-(~30-60 s) is cached in ``$SSMREC_EXT_DIR`` (default ``~/.cache/ssmrec/ext``). When the build is not
-possible the blocks fall back to the pure-PyTorch scans with one warning (see ``fused_available``).
+(~30-60 s) is cached in ``$SSMREC_EXT_DIR`` (default ``~/.cache/ssmrec/ext``), one folder per digest
+of source, flags, Python ABI, torch and CPU (no path), so every install of the same source shares it.
+A cached ``.so`` is imported directly (no ninja); a missing one is built by one process at a time
+(``flock`` on ``build.lock``; others print one line and wait) in a private temporary folder and moved
+into place atomically. When the build is not possible the blocks fall back to the pure-PyTorch scans
+with one warning (see ``fused_available``).
 
 Public functions mirror the reference signatures in :mod:`ssmrec.nn.scan`:
 
@@ -56,21 +60,105 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor() + flags
 
 
-def _build_dir() -> Path:
-    """One folder per (source, flags, torch) digest: concurrent processes building different
-    versions never share a build.ninja, and an edited kernel is rebuilt automatically."""
+def _digest() -> str:
+    """Everything the binary depends on, and no path: every install (clone, venv) of the same source
+    with the same Python ABI, torch build and CPU shares one cached ``.so``."""
     import hashlib
+    import sysconfig
 
+    abi = "|".join(str(v) for v in (sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX"),
+                                    getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", "")))
+    key = (_SRC.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode() + abi.encode()
+           + _cpu_signature().encode())
+    return hashlib.sha1(key).hexdigest()[:16]
+
+
+def _build_dir() -> Path:
+    """One folder per digest (see ``_digest``) under ``$SSMREC_EXT_DIR``: an edited kernel gets a new
+    folder, and installs of the same version find the same ``.so``. Not created here."""
     root = Path(os.environ.get("SSMREC_EXT_DIR", Path.home() / ".cache" / "ssmrec" / "ext"))
-    key = hashlib.sha1(_SRC.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode()
-                       + _cpu_signature().encode()).hexdigest()
-    d = root / f"{_EXT_NAME}-{key[:16]}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return root / f"{_EXT_NAME}-{_digest()}"
+
+
+def _load_so(path: Path):
+    """Import the compiled module from ``path`` (torch is imported: the .so links against libtorch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(_EXT_NAME, str(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _build_into(final: Path):
+    """Compile in a private temporary folder (a copy of the source, so no build file ever names the
+    install's path, and no two processes share a build.ninja), then atomically move the .so to ``final``.
+    The caller holds the build lock."""
+    import shutil
+    import tempfile
+
+    from torch.utils import cpp_extension
+
+    for stale in final.parent.glob("build-*"):  # left by a killed build (we hold the lock: nobody else builds)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=final.parent))
+    try:
+        src = tmp / _SRC.name
+        shutil.copyfile(_SRC, src)
+        # a second build in this process (another cache folder) would otherwise be renamed *_v1,
+        # whose PyInit symbol no other process could import under the cached name
+        getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", {}).pop(_EXT_NAME, None)
+        mod = cpp_extension.load(
+            name=_EXT_NAME, sources=[str(src)], build_directory=str(tmp),
+            # -march=native: the digest includes the CPU's flags; -fopenmp-simd only (threads come
+            # from ATen's pool, so no second OpenMP runtime is linked).
+            extra_cflags=_CFLAGS, verbose=False)
+        if Path(mod.__file__).name != final.name:
+            raise RuntimeError(f"cpp_extension built {mod.__file__}, expected {final.name}")
+        os.replace(mod.__file__, final)  # same filesystem: atomic; the loaded mapping stays valid
+        mod.__file__ = str(final)
+        if getattr(mod, "__spec__", None) is not None:
+            mod.__spec__.origin = str(final)
+        return mod
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_or_build():
+    build_dir = _build_dir()
+    final = build_dir / f"{_EXT_NAME}.so"
+    if final.exists():  # cached: no ninja, no cpp_extension, nothing rewritten
+        return _load_so(final)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = build_dir / "build.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no inter-process lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"ssmrec: waiting for the fused CPU kernel build by another process (lock {lock_path})",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if final.exists():  # built by the process we waited for
+                return _load_so(final)
+            print(f"ssmrec: building the fused CPU scan kernel (first use, ~1 min; cached in {build_dir})",
+                  file=sys.stderr, flush=True)
+            return _build_into(final)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def load_extension():
-    """Compile (first call) or load the cached kernel. Returns the module or None (see reason)."""
+    """Load the cached kernel, or compile it (first use; one process at a time per cache folder).
+    Returns the module, or None when that is impossible (see :func:`fused_unavailable_reason`)."""
     global _ext, _error
     if _ext is not None or _error is not None:
         return _ext
@@ -78,19 +166,7 @@ def load_extension():
         if _ext is not None or _error is not None:
             return _ext
         try:
-            from torch.utils import cpp_extension
-
-            build_dir = _build_dir()
-            if not (build_dir / f"{_EXT_NAME}.so").exists():
-                print(f"ssmrec: building the fused CPU scan kernel (first use, ~1 min; cached in {build_dir})",
-                      file=sys.stderr, flush=True)
-
-            _ext = cpp_extension.load(
-                name=_EXT_NAME, sources=[str(_SRC)], build_directory=str(build_dir),
-                # -march=native: the cache lives on the machine that built it; -fopenmp-simd only
-                # (threads come from ATen's pool, so no second OpenMP runtime is linked).
-                extra_cflags=_CFLAGS,
-                verbose=False)
+            _ext = _load_or_build()
         except Exception as e:  # no compiler / ninja / headers: fall back, say why once
             _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
             _ext = None

@@ -31,14 +31,24 @@ from torch import Tensor
 from . import fused_scan
 from .scan import selective_scan_ref, ssd_chunked, ssd_scan_ref
 
-try:  # guarded: mamba_ssm is optional (CUDA only)
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
-except Exception:  # pragma: no cover - depends on the environment
-    _cuda_selective_scan = None
-try:
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _cuda_ssd
-except Exception:  # pragma: no cover
-    _cuda_ssd = None
+_CUDA_IMPORT_ERRORS: dict[str, str] = {}  # kernel name -> why it is not importable (for the warning)
+
+
+def _import_cuda(module: str, name: str):
+    """``module.name`` from the optional mamba_ssm (CUDA only), or None with the reason recorded."""
+    try:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+    except Exception as e:  # pragma: no cover - depends on the environment
+        _CUDA_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        return None
+
+
+# forward scans, and the one-token state update used by step() (mamba_ssm's own step kernel)
+_cuda_selective_scan = _import_cuda("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+_cuda_ssd = _import_cuda("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
+_cuda_state_update = _import_cuda("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")
 
 __all__ = ["MambaConfig", "Mamba", "Mamba2", "RMSNormGated", "build_mamba", "prepare_kernels", "SCAN_IMPLS"]
 
@@ -98,8 +108,9 @@ def _requested_impl(requested: str) -> str:
     return impl
 
 
-def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str) -> str:
-    """Pick the scan for this call; see the module docstring for the rules."""
+def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str, cuda_name: str | None = None) -> str:
+    """Pick the scan for this call; see the module docstring for the rules. ``cuda_fn`` is the mamba_ssm
+    kernel this call would use on CUDA tensors (None: not importable; ``cuda_name`` names it in the warning)."""
     impl = _requested_impl(requested)
     if impl == "chunked" and fallback == "ref":  # Mamba-1 has no chunked scan
         impl = "ref"
@@ -108,7 +119,10 @@ def _resolve_impl(requested: str, x: Tensor, cuda_fn, fallback: str) -> str:
     if x.is_cuda:
         if cuda_fn is not None:
             return "cuda"
-        _warn_once(f"ssmrec: mamba_ssm CUDA kernels are not importable; using the pure-PyTorch '{fallback}' scan")
+        why = _CUDA_IMPORT_ERRORS.get(cuda_name or "", "")
+        what = f"mamba_ssm's {cuda_name} is" if cuda_name else "mamba_ssm CUDA kernels are"
+        _warn_once(f"ssmrec: {what} not importable{f' ({why})' if why else ''}; "
+                   f"using the pure-PyTorch '{fallback}' scan")
         return fallback
     if x.device.type == "cpu" and fused_scan.fused_available():
         return "fused"
@@ -188,6 +202,7 @@ class Mamba(nn.Module):
                 raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
             self.dt_proj.bias.copy_(_dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
         self.dt_proj.bias._no_reinit = True
+        self.dt_proj._keep_init = True  # model-wide re-inits (layers.fuxictr_init) must keep this dt init
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))  # (d_inner, N), S4D-real
         self.A_log._no_weight_decay = True
@@ -214,7 +229,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each; one matmul
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)  # padded steps: zero pre-conv input
-        impl = _resolve_impl(self.scan_impl, u, _cuda_selective_scan, "ref")
+        impl = _resolve_impl(self.scan_impl, u, _cuda_selective_scan, "ref", "selective_scan_fn")
         if impl == "fused":  # channel-last conv + scan kernels: no transposed copies
             xc = fused_scan.causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
             delta, Bm, Cm = self._ssm_inputs(xc, mask)
@@ -253,11 +268,15 @@ class Mamba(nn.Module):
         xc = F.silu(xc)
         delta, Bm, Cm = self._ssm_inputs(xc, None)
         A = -torch.exp(self.A_log.float())
-        if _resolve_impl(self.scan_impl, x_t, None, "ref") == "fused":  # one kernel call, L = 1
+        impl = _resolve_impl(self.scan_impl, x_t, _cuda_state_update, "ref", "selective_state_update")
+        if impl == "fused":  # one kernel call, L = 1
             y, ssm = fused_scan.scan_channel_last(xc[:, None], delta[:, None], A, Bm[:, None, None],
                                                   Cm[:, None, None], self.D.float(), z[:, None],
                                                   initial_state=ssm_state)
             y = y[:, 0]
+        elif impl == "cuda":  # mamba_ssm's step kernel; it advances the state in place, so on a copy
+            ssm = ssm_state.clone()
+            y = _cuda_state_update(ssm, xc, delta, A, Bm, Cm, self.D.float(), z=z, dt_softplus=False)
         else:
             ssm = ssm_state * torch.exp(delta[..., None] * A) + (delta * xc)[..., None] * Bm[:, None, :]
             y = (torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc) * F.silu(z)
@@ -336,7 +355,7 @@ class Mamba2(nn.Module):
         if mask is not None:
             dt = dt * mask[..., None].to(dt.dtype)  # padded steps: Delta = 0 -> exact no-op
         A = -torch.exp(self.A_log.float())
-        impl = _resolve_impl(self.scan_impl, u, _cuda_ssd, "chunked")
+        impl = _resolve_impl(self.scan_impl, u, _cuda_ssd, "chunked", "mamba_chunk_scan_combined")
         if impl == "fused":  # channel-last conv kernel; x, B, C are views of its output
             xBC_cl = fused_scan.causal_conv1d_silu(xBC, self.conv1d.weight, self.conv1d.bias)
         else:
@@ -375,9 +394,18 @@ class Mamba2(nn.Module):
         if self.conv1d.bias is not None:
             xBC = xBC + self.conv1d.bias
         x, Bm, Cm = self._split_xbc(F.silu(xBC))  # (B, h, p), (B, g, N), (B, g, N)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, h)
+        dt_raw, dt = dt, F.softplus(dt.float() + self.dt_bias.float())  # (B, h)
         A = -torch.exp(self.A_log.float())
-        if _resolve_impl(self.scan_impl, x_t, None, "chunked") == "fused":  # one kernel call, L = 1
+        impl = _resolve_impl(self.scan_impl, x_t, _cuda_state_update, "chunked", "selective_state_update")
+        if impl == "cuda":  # mamba_ssm's step kernel, called as mamba_ssm.Mamba2.step does (stride-0
+            # per-head dt/A/D/dt_bias select its tied-headdim path); it updates the state in place
+            p, n = self.headdim, self.d_state
+            ssm = ssm_state.clone()
+            y = _cuda_state_update(ssm, x, dt_raw[..., None].expand(-1, -1, p), A[:, None, None].expand(-1, p, n),
+                                   Bm, Cm, self.D[:, None].expand(-1, p), z=None,
+                                   dt_bias=self.dt_bias[:, None].expand(-1, p), dt_softplus=True)
+            y = y.flatten(-2)
+        elif impl == "fused":  # one kernel call, L = 1
             Bsz = x.shape[0]
             y, ssm = fused_scan.scan_channel_last(
                 x.reshape(Bsz, 1, -1), dt[:, None], A, Bm[:, None], Cm[:, None], self.D.float(),

@@ -1,33 +1,52 @@
-"""Checkpoints: plain dicts of tensors and Python scalars, written atomically (temp file + fsync +
-rename, so a crash never leaves a half-written file) and read with ``weights_only=True`` (loading
-never runs code)."""
+"""Checkpoints: plain dicts of tensors and Python scalars, written atomically (:mod:`ssmrec.io`) and
+read with ``weights_only=True`` (loading never runs code).
+
+A checkpoint is self-contained: weights, the resolved run config, the task's feature map and the
+``artifacts`` (item tables) the model needs, so a model is rebuilt without its training data.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from ssmrec.errors import SsmrecError
+from ssmrec.errors import SsmrecError, one_line
+from ssmrec.io import save_torch_atomic
+
+FORMAT = "ssmrec-checkpoint"
+VERSION = 2
+REQUIRED = ("model", "config", "feature_map")
 
 
 def save_atomic(obj: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_torch_atomic({"format": FORMAT, "version": VERSION, **obj}, path)
 
 
-def load(path) -> dict:
+def load(path, require: tuple[str, ...] = ()) -> dict:
+    """Load a checkpoint safely; every failure is one line naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise SsmrecError(f"{path}: is a directory, expected a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise SsmrecError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise SsmrecError(f"{path}: checkpoint is empty (0 bytes; a copy or a write that did not finish)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or would need code execution
-        raise SsmrecError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        msg = str(e)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            raise SsmrecError(f"{path}: refused: the file needs arbitrary code to load (not an ssmrec "
+                              f"checkpoint; ssmrec never loads with weights_only=False)") from None
+        raise SsmrecError(f"{path}: cannot load checkpoint ({one_line(e, 160)})") from None
+    if not isinstance(ck, dict):
+        raise SsmrecError(f"{path}: not an ssmrec checkpoint (holds a {type(ck).__name__}, not a dict)")
+    for key in REQUIRED + tuple(require):
+        if key not in ck:
+            hint = " (best.pt holds weights only; --resume needs last.pt)" if key == "optimizer" else ""
+            raise SsmrecError(f"{path}: not a {'resumable' if require else 'ssmrec'} checkpoint "
+                              f"(missing '{key}'){hint}")
+    if not isinstance(ck["config"], dict) or not isinstance(ck["feature_map"], dict):
+        raise SsmrecError(f"{path}: not an ssmrec checkpoint (malformed 'config' / 'feature_map')")
+    return ck

@@ -239,7 +239,7 @@ def test_ragged_histories(tmp_path, world, list_type, max_len):
         assert s.item_seq[2, 0] == 10 - max_len  # oldest kept entry
     assert s.info["stored_width_min"] == 0 and s.info["stored_width_max"] == 9
     b = s.batch(torch.tensor([1, 0]))
-    np.testing.assert_array_equal(b["mask"].numpy(), window_ref([[0, 7, 0, 5], []], max_len) > 0)
+    np.testing.assert_array_equal(b.mask.numpy(), window_ref([[0, 7, 0, 5], []], max_len) > 0)
 
 
 def test_ragged_block_path_matches_reference(monkeypatch):
@@ -269,15 +269,15 @@ def test_batch_and_mask(good_dir, world):
     tr = data.splits["train"]
     idx = torch.tensor([4, 0, 2])
     b = tr.batch(idx)
-    assert set(b) == {"user_id", "item_seq", "mask", "item_id", "likes_level", "views_level", "label"}
+    assert set(b.as_dict()) == {"user_id", "item_seq", "mask", "item_id", "likes_level", "views_level", "label"}
     d = world["splits"]["train"]
-    np.testing.assert_array_equal(b["item_seq"].numpy(), d["item_seq"][[4, 0, 2]][:, -6:])
-    assert b["mask"].dtype == torch.bool
-    np.testing.assert_array_equal(b["mask"].numpy(), d["item_seq"][[4, 0, 2]][:, -6:] > 0)
-    np.testing.assert_array_equal(b["label"].numpy(), d["label"][[4, 0, 2]])
-    np.testing.assert_array_equal(b["item_id"].numpy(), d["item_id"][[4, 0, 2]])
+    np.testing.assert_array_equal(b.item_seq.numpy(), d["item_seq"][[4, 0, 2]][:, -6:])
+    assert b.mask.dtype == torch.bool
+    np.testing.assert_array_equal(b.mask.numpy(), d["item_seq"][[4, 0, 2]][:, -6:] > 0)
+    np.testing.assert_array_equal(b.label.numpy(), d["label"][[4, 0, 2]])
+    np.testing.assert_array_equal(b.item_id.numpy(), d["item_id"][[4, 0, 2]])
     te = data.splits["test"].batch(torch.arange(3))
-    assert "label" not in te and te["item_seq"].shape == (3, 6)
+    assert te.label is None and te.item_seq.shape == (3, 6)
 
 
 def test_narrow_int_types_and_int_label(tmp_path, world):

@@ -1,7 +1,10 @@
 """Synthetic world: exact schema (validated by the real loader), truth files, Task-1 material,
 determinism per seed, and the properties the world promises (recency matters, oracle > chance)."""
 
+import dataclasses
+import errno
 import hashlib
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from ssmrec.data.mmctr import describe, read_truth
-from ssmrec.data.synth import PRESETS, generate, synthesize
-from ssmrec.errors import SsmrecError
+from ssmrec.data.synth import PRESETS, WorldConfig, generate, synthesize
+from ssmrec.errors import OutputError, SsmrecError
 from tests.conftest import run_cli
 
 
@@ -65,6 +68,62 @@ def test_refuses_to_overwrite_without_flag(tmp_path):
         synthesize(tmp_path / "w", preset="tiny")
     r = run_cli("data", "synth", "--out", tmp_path / "w", "--preset", "tiny")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--overwrite" in r.stderr
+
+
+_SMALL = WorldConfig(n_items=40, n_users=60, n_categories=3, warmup_max=10, n_impressions=4, cover_size=8)
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_world_json_records_the_preset_or_config_actually_used(tmp_path):
+    synthesize(tmp_path / "tiny", preset="tiny")
+    assert json.loads((tmp_path / "tiny" / "world.json").read_text())["preset"] == "tiny"
+    # An explicit config is recorded as "custom" with every parameter (not as the unused default preset).
+    custom = dataclasses.replace(_SMALL, beta=3.5)
+    w = json.loads((synthesize(tmp_path / "custom", config=custom, seed=7) / "world.json").read_text())
+    assert w["preset"] == "custom" and w["seed"] == 7
+    assert {k: w[k] for k in dataclasses.asdict(custom)} == dataclasses.asdict(custom)
+    # A config equal to a preset is recorded under that preset's name.
+    w = json.loads((synthesize(tmp_path / "as-preset", config=PRESETS["tiny"]) / "world.json").read_text())
+    assert w["preset"] == "tiny" and w["n_users"] == PRESETS["tiny"].n_users
+
+
+def test_overwrite_replaces_only_a_world_and_never_leaves_half_of_one(tmp_path, monkeypatch):
+    import ssmrec.data.synth as synth
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    with pytest.raises(OutputError, match="not a synthetic world"):
+        synthesize(mine, config=_SMALL, overwrite=True)
+    assert (mine / "keep.txt").read_text() == "precious"
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("data", "synth", "--out", tmp_path / "afile", "--preset", "tiny")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "not a folder" in lines[0] and "Traceback" not in r.stderr
+
+    world = synthesize(tmp_path / "w", config=_SMALL, seed=1)
+    before = _files(world)
+    calls = []
+
+    def disk_full_at_cover_5(path, *a):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return draw(path, *a)
+
+    draw = synth._draw_cover
+    monkeypatch.setattr(synth, "_draw_cover", disk_full_at_cover_5)
+    with pytest.raises(OutputError, match="no space left on device") as e:
+        synthesize(world, config=_SMALL, seed=2, overwrite=True)
+    assert "\n" not in str(e.value) and str(world) in str(e.value)
+    assert _files(world) == before  # the old world is intact
+    monkeypatch.undo()
+    synthesize(world, config=_SMALL, seed=2, overwrite=True)
+    assert json.loads((world / "world.json").read_text())["seed"] == 2 and _files(world) != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "w"]  # no staging or old copy left
 
 
 def test_temporal_split_and_recency_matters():

@@ -32,16 +32,15 @@ def test_attention_weights_are_unnormalised_by_default(tiny_data):
     """Without softmax, duplicating the whole history doubles the pooled vector; with it, it does not."""
     torch.manual_seed(0)
     batch = mixed_batch(tiny_data)
-    short = batch["mask"].sum(1) < 10
-    b = {k: v[short] for k, v in batch.items()}
-    doubled = dict(b)
-    seq = b["item_seq"]
-    doubled["item_seq"] = torch.cat([seq[:, -10:], seq[:, -10:]], 1)
-    doubled["mask"] = doubled["item_seq"] > 0
+    short = batch.mask.sum(1) < 10
+    b = batch.rows(short)
+    seq = b.item_seq
+    doubled_seq = torch.cat([seq[:, -10:], seq[:, -10:]], 1)
+    doubled = b.replace(item_seq=doubled_seq, mask=doubled_seq > 0)
     for softmax, ratio in [(False, 2.0), (True, 1.0)]:
         model = build("din", tiny_data, attention_softmax=softmax).eval()
         with torch.no_grad():
             t, h, _ = model.embedding(b)
             t2, h2, _ = model.embedding(doubled)
-            torch.testing.assert_close(model.attention(t2, h2, doubled["mask"]),
-                                       ratio * model.attention(t, h, b["mask"]), atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(model.attention(t2, h2, doubled.mask),
+                                       ratio * model.attention(t, h, b.mask), atol=1e-6, rtol=1e-4)

@@ -29,12 +29,12 @@ def test_decoupled_inference_equals_coupled_forward(tiny_data, params):
     cand = torch.randint(1, tiny_data.item_info.n_items, (6, n_cand))
     likes, views = torch.randint(0, 10, (6, n_cand)), torch.randint(0, 10, (6, n_cand))
     # Coupled: one row per (user, candidate) pair, everything recomputed per row.
-    pairs = {k: v.repeat_interleave(n_cand, 0) for k, v in users.items()}
-    pairs.update(item_id=cand.flatten(), likes_level=likes.flatten(), views_level=views.flatten())
+    pairs = users.rows(torch.arange(6).repeat_interleave(n_cand))
+    pairs = pairs.replace(item_id=cand.flatten(), likes_level=likes.flatten(), views_level=views.flatten())
     with torch.no_grad():
         coupled = model(pairs)["logit"].view(6, n_cand)
-    state = model.encode_user({"item_seq": users["item_seq"], "mask": users["mask"]})
-    assert state["k_id"].shape == (6, users["item_seq"].shape[1], model.cfg.attention_dim)
+    state = model.encode_user(users)
+    assert state["k_id"].shape == (6, users.item_seq.shape[1], model.cfg.attention_dim)
     decoupled = model.score_candidates(state, cand, likes, views)
     assert decoupled.shape == (6, n_cand)
     torch.testing.assert_close(decoupled, coupled, atol=1e-5, rtol=1e-5)

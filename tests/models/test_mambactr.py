@@ -20,7 +20,7 @@ VARIANTS = {
 def _batch(data, n=24, split="train"):
     s = data.splits[split]
     # Mix short and full histories.
-    lengths = s.batch(torch.arange(len(s)))["mask"].sum(1)
+    lengths = s.batch(torch.arange(len(s))).mask.sum(1)
     idx = torch.cat([torch.nonzero(lengths < 10).flatten()[: n // 2], torch.nonzero(lengths == 64).flatten()[: n // 2]])
     assert len(idx) == n, "tiny world should have both short and full histories"
     return s.batch(idx)
@@ -34,7 +34,7 @@ def test_forward_shapes_and_backward(tiny_data, name):
     out = model(batch)
     assert out["logit"].shape == (24,)
     assert torch.isfinite(out["logit"]).all()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"]) + out["aux_loss"]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch.label) + out["aux_loss"]
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.8 * len(grads)
@@ -45,12 +45,11 @@ def test_padding_content_does_not_change_outputs(tiny_data, name):
     torch.manual_seed(0)
     model = build_ctr_model("mambactr", VARIANTS[name], tiny_data.item_info).eval()
     batch = _batch(tiny_data)
-    garbage = dict(batch)
-    seq = batch["item_seq"].clone()
-    pad = ~batch["mask"]
+    seq = batch.item_seq.clone()
+    pad = ~batch.mask
     assert pad.any()
     seq[pad] = torch.randint(1, tiny_data.item_info.n_items, (int(pad.sum()),))
-    garbage["item_seq"] = seq  # mask unchanged: these slots are still padding
+    garbage = batch.replace(item_seq=seq)  # mask unchanged: these slots are still padding
     with torch.no_grad():
         a, b = model(batch)["logit"], model(garbage)["logit"]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -61,11 +60,10 @@ def test_padding_noop_makes_outputs_independent_of_padding_length(tiny_data):
     with extra padding slots in front; the reference behaviour (padding updates state) does not."""
     torch.manual_seed(0)
     batch = _batch(tiny_data)
-    short = batch["mask"].sum(1) < 10
-    b1 = {k: v[short] for k, v in batch.items()}
-    b2 = dict(b1)
-    b2["item_seq"] = torch.cat([torch.zeros_like(b1["item_seq"][:, :8]), b1["item_seq"]], 1)
-    b2["mask"] = b2["item_seq"] > 0
+    short = batch.mask.sum(1) < 10
+    b1 = batch.rows(short)
+    seq2 = torch.cat([torch.zeros_like(b1.item_seq[:, :8]), b1.item_seq], 1)
+    b2 = b1.replace(item_seq=seq2, mask=seq2 > 0)
     for noop, same in [(True, True), (False, False)]:
         model = build_ctr_model("mambactr", {"padding_noop": noop}, tiny_data.item_info).eval()
         with torch.no_grad():
@@ -81,11 +79,10 @@ def test_drop_newest_quirk_ignores_newest_item_of_full_windows(tiny_data):
     so the newest item cannot influence the score; without the quirk it does."""
     torch.manual_seed(0)
     batch = _batch(tiny_data)
-    full = batch["mask"].all(1)
-    changed = dict(batch)
-    seq = batch["item_seq"].clone()
+    full = batch.mask.all(1)
+    seq = batch.item_seq.clone()
     seq[full, -1] = (seq[full, -1] % (tiny_data.item_info.n_items - 1)) + 1
-    changed["item_seq"] = seq
+    changed = batch.replace(item_seq=seq)
     for quirk, invariant in [(True, True), (False, False)]:
         model = build_ctr_model("mambactr", {"drop_newest_on_full": quirk}, tiny_data.item_info).eval()
         with torch.no_grad():

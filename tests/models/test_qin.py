@@ -38,9 +38,9 @@ def test_asta_is_relu_target_attention_with_residual(tiny_data):
     d_att = a.q_proj.out_features
     assert d_att == 2 * model.embedding.item_dim
     scores = torch.einsum("bd,bld->bl", a.q_proj(target), a.k_proj(history)) / d_att ** 0.5
-    weights = torch.relu(scores * batch["mask"])
+    weights = torch.relu(scores * batch.mask)
     expect = a.out_proj(torch.einsum("bl,bld->bd", weights, a.v_proj(history))) + target
-    torch.testing.assert_close(a(target, history, batch["mask"]), expect)
+    torch.testing.assert_close(a(target, history, batch.mask), expect)
 
 
 def test_ablation_switches(tiny_data):
@@ -60,7 +60,7 @@ def test_ablation_switches(tiny_data):
     with torch.no_grad():
         mean(batch)
     d = mean.embedding.item_dim
-    torch.testing.assert_close(captured["x"][:, -d:], masked_mean(history, batch["mask"]))
+    torch.testing.assert_close(captured["x"][:, -d:], masked_mean(history, batch.mask))
     # ASTA w/ SoftMax: normalised weights.
     soft = build("qin", tiny_data, attention_norm="softmax")
     assert soft.asta.norm == "softmax" and full.asta.norm == "relu"
@@ -72,8 +72,8 @@ def test_ablation_switches(tiny_data):
     drop = build("qin", tiny_data, attention_dropout=0.1, net_dropout=0.0)
     target, history, _ = drop.embedding(batch)
     drop.train()
-    assert not torch.equal(drop.asta(target, history, batch["mask"]), drop.asta(target, history, batch["mask"]))
+    assert not torch.equal(drop.asta(target, history, batch.mask), drop.asta(target, history, batch.mask))
     drop.eval()
-    assert torch.equal(drop.asta(target, history, batch["mask"]), drop.asta(target, history, batch["mask"]))
+    assert torch.equal(drop.asta(target, history, batch.mask), drop.asta(target, history, batch.mask))
     for m in (no_qnn, soft, relu, drop):
         assert m(batch)["logit"].shape == (24,)

@@ -31,12 +31,11 @@ def test_inverted_mask_flag_changes_output_and_hides_real_history(tiny_data):
         assert not torch.allclose(correct(batch)["logit"], inverted(batch)["logit"], atol=1e-4)
     # Reference quirk: on a row that is not full, real items are ignored as keys and zero-filled, so
     # the score no longer depends on the history; with correct masking it does.
-    short = batch["mask"].sum(1) < 10
-    changed = dict(batch)
-    seq = batch["item_seq"].clone()
-    real = batch["mask"] & short.unsqueeze(1)
+    short = batch.mask.sum(1) < 10
+    seq = batch.item_seq.clone()
+    real = batch.mask & short.unsqueeze(1)
     seq[real] = (seq[real] % (tiny_data.item_info.n_items - 1)) + 1
-    changed["item_seq"] = seq
+    changed = batch.replace(item_seq=seq)
     with torch.no_grad():
         d_inv = (inverted(batch)["logit"] - inverted(changed)["logit"]).abs()[short]
         d_cor = (correct(batch)["logit"] - correct(changed)["logit"]).abs()[short]

@@ -23,7 +23,7 @@ def test_forward_shapes_and_backward(tiny_data, variant):
     batch = mixed_batch(tiny_data)
     out = model(batch)
     assert out["logit"].shape == (24,) and torch.isfinite(out["logit"]).all()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch.label)
     (loss + out.get("aux_loss", 0.0)).backward()
     grads = [p.grad for p in model.parameters()]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.8 * len(grads)
@@ -34,16 +34,14 @@ def test_padding_content_and_left_padding_do_not_change_logits(tiny_data, varian
     torch.manual_seed(0)
     model = build(variant, tiny_data).eval()
     batch = mixed_batch(tiny_data)
-    pad = ~batch["mask"]
-    garbage = dict(batch)
-    seq = batch["item_seq"].clone()
+    pad = ~batch.mask
+    seq = batch.item_seq.clone()
     seq[pad] = torch.randint(1, tiny_data.item_info.n_items, (int(pad.sum()),))
-    garbage["item_seq"] = seq  # mask unchanged: these slots are still padding
-    short = batch["mask"].sum(1) < 10
-    b1 = {k: v[short] for k, v in batch.items()}
-    b2 = dict(b1)  # same histories behind 8 more padding slots
-    b2["item_seq"] = torch.cat([torch.zeros_like(b1["item_seq"][:, :8]), b1["item_seq"]], 1)
-    b2["mask"] = b2["item_seq"] > 0
+    garbage = batch.replace(item_seq=seq)  # mask unchanged: these slots are still padding
+    short = batch.mask.sum(1) < 10
+    b1 = batch.rows(short)
+    seq2 = torch.cat([torch.zeros_like(b1.item_seq[:, :8]), b1.item_seq], 1)
+    b2 = b1.replace(item_seq=seq2, mask=seq2 > 0)  # same histories behind 8 more padding slots
     with torch.no_grad():
         torch.testing.assert_close(model(batch)["logit"], model(garbage)["logit"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(b1)["logit"], model(b2)["logit"], atol=1e-5, rtol=1e-5)

@@ -30,7 +30,7 @@ def build(variant, tiny_data, **overrides):
 def mixed_batch(data, n=24, split="train"):
     """Rows with short histories and rows with full 64-slot windows."""
     s = data.splits[split]
-    lengths = s.batch(torch.arange(len(s)))["mask"].sum(1)
+    lengths = s.batch(torch.arange(len(s))).mask.sum(1)
     idx = torch.cat([torch.nonzero(lengths < 10).flatten()[: n // 2],
                      torch.nonzero(lengths == lengths.max()).flatten()[: n // 2]])
     assert len(idx) == n, "tiny world should have both short and full histories"
@@ -39,7 +39,7 @@ def mixed_batch(data, n=24, split="train"):
 
 def crop(batch, k):
     """Keep the newest ``k`` history slots (cheaper steps; the newest items carry most signal)."""
-    return {**batch, "item_seq": batch["item_seq"][:, -k:], "mask": batch["mask"][:, -k:]}
+    return batch.newest(k)
 
 
 def train_briefly(model, data, epochs=1, batch_size=128, lr=3e-3, seed=0, max_len=16):
@@ -52,7 +52,7 @@ def train_briefly(model, data, epochs=1, batch_size=128, lr=3e-3, seed=0, max_le
         for idx in torch.randperm(len(train)).split(batch_size):
             batch = crop(train.batch(idx), max_len)
             out = model(batch)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch.label)
             loss = loss + out.get("aux_loss", 0.0)
             opt.zero_grad()
             loss.backward()

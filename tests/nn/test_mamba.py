@@ -386,3 +386,103 @@ def test_prepare_kernels_builds_only_when_the_fused_scan_will_run(monkeypatch, i
     monkeypatch.setenv("SSMREC_SCAN_IMPL", "ref")  # "auto" resolved by the env var to the PyTorch scan
     mamba_mod.prepare_kernels(torch.nn.Sequential(Mamba2(16, headdim=8)), "cpu")
     assert not calls
+
+
+# ----------------------------------------------------------------------------- step() on CUDA (mamba_ssm)
+
+def _state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """CPU stand-in for mamba_ssm.ops.triton.selective_state_update (same signature, shapes and
+    in-place state update, with or without heads)."""
+    heads = state.dim() == 4
+    if not heads:
+        state, x, dt, A, B, C = (state.unsqueeze(1), x.unsqueeze(1), dt.unsqueeze(1), A.unsqueeze(0),
+                                 B.unsqueeze(1), C.unsqueeze(1))
+        D = None if D is None else D.unsqueeze(0)
+        z = None if z is None else z.unsqueeze(1)
+        dt_bias = None if dt_bias is None else dt_bias.unsqueeze(0)
+    h = state.shape[1]
+    assert x.shape == dt.shape == state.shape[:3] and A.shape == state.shape[1:]
+    assert B.shape == C.shape and B.shape[0] == state.shape[0] and h % B.shape[1] == 0
+    dt = dt.float() + (0 if dt_bias is None else dt_bias.float())
+    dt = F.softplus(dt) if dt_softplus else dt
+    B, C = (M.repeat_interleave(h // M.shape[1], dim=1).float() for M in (B, C))
+    state.copy_(state * torch.exp(dt[..., None] * A) + (dt * x)[..., None] * B[:, :, None, :])
+    out = torch.einsum("bhdn,bhn->bhd", state.float(), C)
+    if D is not None:
+        out = out + x * D
+    if z is not None:
+        out = out * F.silu(z)
+    out = out.to(x.dtype)
+    return out if heads else out[:, 0]
+
+
+class _FakeCuda:
+    """Just enough of a tensor for _resolve_impl to take its CUDA branch."""
+    is_cuda = True
+    device = torch.device("cuda")
+
+
+def test_resolve_impl_cuda_branch(monkeypatch):
+    import warnings
+
+    monkeypatch.delenv("SSMREC_SCAN_IMPL", raising=False)
+    monkeypatch.setattr(mamba_mod, "_warned", set())
+    monkeypatch.setattr(mamba_mod.fused_scan, "fused_available", lambda: pytest.fail("CUDA must not build"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for impl in ("auto", "cuda", "fused"):
+            assert mamba_mod._resolve_impl(impl, _FakeCuda(), object(), "ref", "selective_state_update") == "cuda"
+        assert mamba_mod._resolve_impl("ref", _FakeCuda(), object(), "ref") == "ref"
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    monkeypatch.setitem(mamba_mod._CUDA_IMPORT_ERRORS, "selective_state_update", "ModuleNotFoundError: triton")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert mamba_mod._resolve_impl("auto", _FakeCuda(), None, "chunked", "selective_state_update") == "chunked"
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "selective_state_update" in msgs[0] and "triton" in msgs[0] and "chunked" in msgs[0]
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_step_passes_the_state_update_kernel(monkeypatch, kind):
+    """step() resolves with mamba_ssm's selective_state_update (not None, so no bogus warning on GPU)
+    and, when that resolves to "cuda", calls it with the right shapes/semantics: equal to the
+    PyTorch recurrence, without mutating the caller's state."""
+    seen = []
+    real = mamba_mod._resolve_impl
+
+    def resolve(requested, x, cuda_fn, fallback, cuda_name=None):
+        seen.append((cuda_fn, cuda_name))
+        return "cuda" if cuda_fn is not None else real(requested, x, cuda_fn, fallback, cuda_name)
+
+    m = small_block(kind, "ref")
+    x = torch.randn(3, 6, 16)
+    with torch.no_grad():
+        _, st = m.forward_with_state(x[:, :4])
+        want = [m.step(x[:, t], st) for t in (4, 5)]  # PyTorch recurrence
+        monkeypatch.setattr(mamba_mod, "_cuda_state_update", _state_update_ref)
+        monkeypatch.setattr(mamba_mod, "_resolve_impl", resolve)
+        before = tuple(s.clone() for s in st)
+        got = [m.step(x[:, t], st) for t in (4, 5)]
+        y_masked, st_masked = m.step(x[:, 4], st, mask_t=torch.tensor([True, False, True]))
+    assert seen and all(fn is _state_update_ref and name == "selective_state_update" for fn, name in seen)
+    for a, b in zip(st, before):
+        assert torch.equal(a, b)
+    for (yw, sw), (yg, sg) in zip(want, got):
+        torch.testing.assert_close(yg, yw, rtol=1e-5, atol=1e-5)
+        for a, b in zip(sg, sw):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y_masked[1], torch.zeros(16)) and torch.equal(st_masked[1][1], st[1][1])
+
+
+def test_mamba_block_owns_its_dt_init():
+    from ssmrec.nn.layers import fuxictr_init
+
+    m = Mamba(32)
+    w, b = m.dt_proj.weight.clone(), m.dt_proj.bias.clone()
+    assert m.dt_proj._keep_init
+    in_w = m.in_proj.weight.clone()
+    fuxictr_init(torch.nn.Sequential(m))  # model-wide re-init, as the CTR models do
+    assert not torch.equal(m.in_proj.weight, in_w)  # the rest was re-initialised
+    torch.testing.assert_close(m.dt_proj.weight, w)
+    torch.testing.assert_close(m.dt_proj.bias, b)

@@ -148,7 +148,7 @@ def test_predict_writes_submission_in_test_order(tiny_world, tiny_data, tmp_path
 def test_torchrun_two_processes(tiny_world, tmp_path):
     d = _cfg(tiny_world, tmp_path, epochs=1, max_steps_per_epoch=6)
     cfg_path = _write_cfg(tmp_path / "c.yaml", d)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "ssmrec.cli", "train", "--config", str(cfg_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -1,40 +1,31 @@
-"""CTR models on MM-CTR data. ``CTR_MODELS`` maps a config ``model:`` name to (class, config class)."""
+"""CTR models on MM-CTR data, registered under task ``ctr`` (see :mod:`ssmrec.registry`).
+
+Importing this package registers every model; ``CTR_MODELS`` and :func:`build_ctr_model` are the
+CTR views of the registry.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from ssmrec.errors import ConfigError
 from ssmrec.models.ctr.din import DIN, DINConfig
 from ssmrec.models.ctr.dmf import DMF, DMFConfig
 from ssmrec.models.ctr.mambactr import MambaCTR, MambaCTRConfig
 from ssmrec.models.ctr.qin import QIN, QINConfig
 from ssmrec.models.ctr.transformer_dcn import TransformerDCN, TransformerDCNConfig
+from ssmrec.registry import _REGISTRY, get_model
 
-CTR_MODELS = {
-    "mambactr": (MambaCTR, MambaCTRConfig),
-    "din": (DIN, DINConfig),
-    "qin": (QIN, QINConfig),
-    "transformer_dcn": (TransformerDCN, TransformerDCNConfig),
-    "dmf": (DMF, DMFConfig),
-}
+CTR_MODELS = {name: (spec.cls, spec.config_cls) for (task, name), spec in _REGISTRY.items() if task == "ctr"}
+
+__all__ = ["CTR_MODELS", "build_ctr_model", "model_config", "DIN", "DINConfig", "DMF", "DMFConfig", "MambaCTR",
+           "MambaCTRConfig", "QIN", "QINConfig", "TransformerDCN", "TransformerDCNConfig"]
 
 
 def model_config(name: str, params: dict, source: str = "config"):
-    """Build the model's config dataclass from a dict; unknown keys and bad values are errors."""
-    if name not in CTR_MODELS:
-        raise ConfigError(f"{source}: unknown model '{name}' (choose from {', '.join(CTR_MODELS)})")
-    cls = CTR_MODELS[name][1]
-    known = {f.name for f in fields(cls)}
-    for key in params:
-        if key not in known:
-            raise ConfigError(f"{source}: unknown key 'model_params.{key}' for model '{name}'")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: model_params: {e}") from None
+    """The model's validated config dataclass; unknown keys and bad values are one-line ConfigErrors."""
+    return get_model("ctr", name, source).config(params, source)
 
 
 def build_ctr_model(name: str, params: dict, item_info, source: str = "config"):
-    cfg = model_config(name, params, source)
-    return CTR_MODELS[name][0](cfg, item_info.tags, item_info.emb, item_info.n_tags)
+    """Build a CTR model from its params and the item tables (an ``ItemInfo`` or any object with
+    ``tags``, ``emb`` and ``n_tags``)."""
+    spec = get_model("ctr", name, source)
+    return spec.cls(spec.config(params, source), item_info.tags, item_info.emb, item_info.n_tags)

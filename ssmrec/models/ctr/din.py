@@ -11,40 +11,38 @@ Table 2 compares against), ``attention_softmax`` (FuxiCTR ``din_use_softmax``), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ssmrec.models.ctr.validate import check_bool, check_choice, check_positive, check_rate, check_widths
+from ssmrec.data.mmctr import CTRBatch
 from ssmrec.nn.attention import DINAttention
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import ACTIVATIONS, MLP, fuxictr_init
+from ssmrec.params import Bool, PosInt, Rate, Widths, config_dataclass
+from ssmrec.registry import register
+
+Activation = Literal[ACTIVATIONS]  # type: ignore[valid-type]
 
 
-@dataclass
+@config_dataclass
 class DINConfig:
-    embedding_dim: int = 64
-    use_mm_emb: bool = True
-    attention_hidden: list = field(default_factory=lambda: [512, 256])
-    attention_activation: str = "relu"  # relu (official) | dice (MambaCTR's DIN)
-    attention_dropout: float = 0.1
-    attention_softmax: bool = False
-    dnn_hidden: list = field(default_factory=lambda: [1024, 512, 256])
-    dnn_activation: str = "relu"
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-    level_zero_is_padding: bool = False
-
-    def __post_init__(self):
-        check_positive(self, "embedding_dim")
-        check_widths(self, "attention_hidden", "dnn_hidden")
-        check_choice(self, "attention_activation", ACTIVATIONS)
-        check_choice(self, "dnn_activation", ACTIVATIONS)
-        check_rate(self, "attention_dropout", "net_dropout")
-        check_bool(self, "use_mm_emb", "attention_softmax", "batch_norm", "level_zero_is_padding")
+    embedding_dim: PosInt = 64
+    use_mm_emb: Bool = True
+    attention_hidden: Widths = field(default_factory=lambda: [512, 256])
+    attention_activation: Activation = "relu"  # dice: MambaCTR's DIN (with embedding_dim 128)
+    attention_dropout: Rate = 0.1
+    attention_softmax: Bool = False
+    dnn_hidden: Widths = field(default_factory=lambda: [1024, 512, 256])
+    dnn_activation: Activation = "relu"
+    net_dropout: Rate = 0.1
+    batch_norm: Bool = True
+    level_zero_is_padding: Bool = False
 
 
+@register("ctr", "din", DINConfig)
 class DIN(nn.Module):
     def __init__(self, cfg: DINConfig, item_tags, item_emb, n_tags):
         super().__init__()
@@ -58,7 +56,7 @@ class DIN(nn.Module):
                        dropout=cfg.net_dropout, batch_norm=cfg.batch_norm)
         fuxictr_init(self)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: CTRBatch) -> dict:
         target, history, side = self.embedding(batch)
-        pooled = self.attention(target, history, batch["mask"])
+        pooled = self.attention(target, history, batch.mask)
         return {"logit": self.dnn(torch.cat([side, target, pooled], dim=-1)).squeeze(-1)}

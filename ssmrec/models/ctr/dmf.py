@@ -27,49 +27,46 @@ Defaults and their source:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssmrec.models.ctr.validate import check_bool, check_choice, check_positive, check_rate, check_widths
+from ssmrec.data.mmctr import CTRBatch
 from ssmrec.nn.attention import TargetAttention, similarity_buckets, similarity_histogram
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import MLP, fuxictr_init
+from ssmrec.params import Bool, PosInt, Rate, UnitFloat, Widths, config_dataclass
+from ssmrec.registry import register
 
 
-@dataclass
+@config_dataclass
 class DMFConfig:
-    embedding_dim: int = 64
-    use_mm_emb: bool = True  # item_emb_d128 inside the item vector e_t used by the head
-    similarity_source: str = "raw"  # raw item_emb_d128 | projected (W_mm item_emb_d128)
-    n_tiers: int = 10
-    n_buckets: int = 35
-    attention_dim: int = 128
-    attention_dropout: float = 0.0
-    path_hidden: list = field(default_factory=lambda: [256, 128])
-    alpha: float = 0.5
-    learn_alpha: bool = False
-    dnn_hidden: list = field(default_factory=lambda: [1024, 512, 256])
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-    level_zero_is_padding: bool = False
+    embedding_dim: PosInt = 64
+    use_mm_emb: Bool = True  # item_emb_d128 inside the item vector e_t used by the head
+    similarity_source: Literal["raw", "projected"] = "raw"  # raw item_emb_d128 | projected (W_mm item_emb_d128)
+    n_tiers: PosInt = 10
+    n_buckets: PosInt = 35
+    attention_dim: PosInt = 128
+    attention_dropout: Rate = 0.0
+    path_hidden: Widths = field(default_factory=lambda: [256, 128])
+    alpha: UnitFloat = 0.5
+    learn_alpha: Bool = False
+    dnn_hidden: Widths = field(default_factory=lambda: [1024, 512, 256])
+    net_dropout: Rate = 0.1
+    batch_norm: Bool = True
+    level_zero_is_padding: Bool = False
 
     def __post_init__(self):
-        check_positive(self, "embedding_dim", "n_tiers", "n_buckets", "attention_dim")
-        check_choice(self, "similarity_source", ("raw", "projected"))
-        check_widths(self, "path_hidden", "dnn_hidden")
-        check_rate(self, "attention_dropout", "net_dropout")
-        check_bool(self, "use_mm_emb", "learn_alpha", "batch_norm", "level_zero_is_padding")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ValueError(f"model.alpha must be a number in [0, 1], got {self.alpha!r}")
         if self.learn_alpha and not 0 < self.alpha < 1:
-            raise ValueError(f"model.alpha must be in (0, 1) when learn_alpha is true, got {self.alpha!r}")
+            raise ValueError(f"model_params.alpha must be in (0, 1) when learn_alpha is true, got {self.alpha!r}")
         if self.similarity_source == "projected" and not self.use_mm_emb:
-            raise ValueError("model.similarity_source 'projected' needs use_mm_emb: true")
+            raise ValueError("model_params.similarity_source 'projected' needs use_mm_emb: true")
 
 
+@register("ctr", "dmf", DMFConfig)
 class DMF(nn.Module):
     def __init__(self, cfg: DMFConfig, item_tags, item_emb, n_tags):
         super().__init__()
@@ -124,20 +121,20 @@ class DMF(nn.Module):
         return self.dnn(x).view(lead)
 
     # -- coupled (training) form: one row = one (user, candidate) pair ---------------------------
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: CTRBatch) -> dict:
         target, history, side = self.embedding(batch)
-        mask = batch["mask"]
+        mask = batch.mask
         d = self.cfg.embedding_dim
-        cos = (self.mm_unit(batch["item_seq"]) * self.mm_unit(batch["item_id"]).unsqueeze(1)).sum(-1)
+        cos = (self.mm_unit(batch.item_seq) * self.mm_unit(batch.item_id).unsqueeze(1)).sum(-1)
         k_id, v_id = self.dta.project_kv(history[..., :d])  # item vector layout: [id ; tags ; mm]
         return {"logit": self._score(cos, mask, target[:, :d], k_id, v_id, side, target)}
 
     # -- decoupled inference: per user once, per candidate lookups -------------------------------
     @torch.no_grad()
-    def encode_user(self, batch: dict) -> dict:
+    def encode_user(self, batch: CTRBatch) -> dict:
         """Candidate-independent state of each user: ID keys/values (B, L, d_a), history multimodal
         unit vectors (B, L, 128) and the mask. Only ``item_seq`` and ``mask`` are read."""
-        seq, mask = batch["item_seq"], batch["mask"]
+        seq, mask = batch.item_seq, batch.mask
         hist_id = self.embedding.id_table(seq) * mask.unsqueeze(-1).to(self.embedding.id_table.weight.dtype)
         k_id, v_id = self.dta.project_kv(hist_id)
         return {"k_id": k_id, "v_id": v_id, "hist_mm": self.mm_unit(seq), "mask": mask}

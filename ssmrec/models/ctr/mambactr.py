@@ -17,61 +17,85 @@ Named switches (see ``MambaCTRConfig``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmrec.data.mmctr import CTRBatch
+from ssmrec.data.schema import ITEM_EMB_DIM
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import (AttentionalGRU, QuadraticNet, ResidualGELUHead, fuxictr_init, masked_max,
                               masked_softmax)
-from ssmrec.nn.mamba import Mamba, Mamba2
+from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
+from ssmrec.params import Bool, NonNegFloat, PosInt, Rate, config_dataclass
+from ssmrec.registry import register
 
 
-@dataclass
+_PAPER_PRESET = {"stage1": "mamba1", "stage1_prenorm_residual": True, "stage2": "cosine_gru",
+                 "head": "residual_gelu"}
+
+
+@config_dataclass
 class MambaCTRConfig:
-    embedding_dim: int = 64
-    use_mm_emb: bool = True
+    embedding_dim: PosInt = 64
+    use_mm_emb: Bool = True
     # Stage I
-    stage1: str = "mamba2"  # mamba2 | mamba1 | transformer
-    stage1_layers: int = 1
-    stage1_prenorm_residual: bool = False  # h = h + SSM(LN(h)), the paper's stacking
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    headdim: int = 64
-    scan_impl: str = "auto"
-    transformer_heads: int = 1
-    transformer_ffn: int = 256
-    transformer_dropout: float = 0.2
+    stage1: Literal["mamba2", "mamba1", "transformer"] = "mamba2"
+    stage1_layers: PosInt = 1
+    stage1_prenorm_residual: Bool = False  # h = h + SSM(LN(h)), the paper's stacking
+    d_state: PosInt = 16
+    d_conv: PosInt = 4
+    expand: PosInt = 2
+    headdim: PosInt = 64
+    scan_impl: Literal[SCAN_IMPLS] = "auto"  # type: ignore[valid-type]
+    transformer_heads: PosInt = 1
+    transformer_ffn: PosInt = 256
+    transformer_dropout: Rate = 0.2
     # Stage II
-    stage2: str = "augru"  # augru (code) | cosine_gru (paper)
-    window: int = 16  # last-K Stage-I outputs fed to Stage II (augru only; cosine_gru uses all)
+    stage2: Literal["augru", "cosine_gru"] = "augru"  # augru (code) | cosine_gru (paper)
+    window: PosInt = 16  # last-K Stage-I outputs fed to Stage II (augru only; cosine_gru uses all)
     # Head
-    head: str = "qnn"  # qnn (code) | residual_gelu (paper)
-    qnn_layers: int = 3
-    qnn_rows: int = 2
-    net_dropout: float = 0.2
-    batch_norm: bool = True
-    aux_loss_weight: float = 0.01
+    head: Literal["qnn", "residual_gelu"] = "qnn"  # qnn (code) | residual_gelu (paper)
+    qnn_layers: PosInt = 3
+    qnn_rows: PosInt = 2
+    net_dropout: Rate = 0.2
+    batch_norm: Bool = True
+    aux_loss_weight: NonNegFloat = 0.01
     # Reference quirks / deviations
-    padding_noop: bool = True
-    drop_newest_on_full: bool = False
-    inverted_padding_mask: bool = False
-    level_zero_is_padding: bool = False
-    variant: str = "code"  # code | paper: the paper preset overrides stage1/stage2/head below
+    padding_noop: Bool = True
+    drop_newest_on_full: Bool = False
+    inverted_padding_mask: Bool = False
+    level_zero_is_padding: Bool = False
+    variant: Literal["code", "paper"] = "code"  # paper: the preset _PAPER_PRESET (stage1/stage2/head)
 
     def __post_init__(self):
         if self.variant == "paper":
-            self.stage1, self.stage1_prenorm_residual, self.stage2, self.head = "mamba1", True, "cosine_gru", "residual_gelu"
+            clash = [k for k, v in _PAPER_PRESET.items()
+                     if getattr(self, k) != v and getattr(self, k) != _CODE_DEFAULTS[k]]
+            if clash:
+                raise ValueError(f"model_params.variant 'paper' sets {', '.join(_PAPER_PRESET)}; it conflicts with "
+                                 f"{clash[0]}={getattr(self, clash[0])!r} (remove it, or use variant: code)")
+            for k, v in _PAPER_PRESET.items():
+                object.__setattr__(self, k, v)
             self.stage1_layers = max(self.stage1_layers, 2)
-        checks = {"stage1": ("mamba2", "mamba1", "transformer"), "stage2": ("augru", "cosine_gru"),
-                  "head": ("qnn", "residual_gelu"), "variant": ("code", "paper")}
-        for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"model.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        d = self.item_dim
+        if self.stage1 == "mamba2" and (self.expand * d) % self.headdim:
+            raise ValueError(f"model_params.headdim ({self.headdim}) must divide the Mamba-2 inner width "
+                             f"expand x item width = {self.expand} x {d} = {self.expand * d}")
+        if self.stage1 == "transformer" and d % self.transformer_heads:
+            raise ValueError(f"model_params.transformer_heads ({self.transformer_heads}) must divide the item "
+                             f"width {d}")
+
+    @property
+    def item_dim(self) -> int:
+        return 2 * self.embedding_dim + (ITEM_EMB_DIM if self.use_mm_emb else 0)
+
+
+_CODE_DEFAULTS = {"stage1": "mamba2", "stage1_prenorm_residual": False, "stage2": "augru", "head": "qnn"}
 
 
 class SequenceEncoder(nn.Module):
@@ -91,9 +115,6 @@ class SequenceEncoder(nn.Module):
             if cfg.stage1 == "mamba2":
                 kw["headdim"] = cfg.headdim
             self.layers = nn.ModuleList(block(d_model, **kw) for _ in range(cfg.stage1_layers))
-            for layer in self.layers:  # FuxiCTR's re-init must not wipe Mamba-1's dt initialisation
-                if hasattr(layer, "dt_proj"):
-                    layer.dt_proj._keep_init = True
             self.norms = nn.ModuleList(
                 nn.LayerNorm(d_model) if cfg.stage1_prenorm_residual else nn.Identity() for _ in self.layers)
 
@@ -109,6 +130,7 @@ class SequenceEncoder(nn.Module):
         return x
 
 
+@register("ctr", "mambactr", MambaCTRConfig)
 class MambaCTR(nn.Module):
     def __init__(self, cfg: MambaCTRConfig, item_tags, item_emb, n_tags):
         super().__init__()
@@ -129,10 +151,10 @@ class MambaCTR(nn.Module):
         self.out = nn.Linear(head_dim, 1)
         fuxictr_init(self)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: CTRBatch) -> dict:
         cfg = self.cfg
         target, history, side = self.embedding(batch)
-        mask = batch["mask"]
+        mask = batch.mask
         h = self.encoder(history, mask)
         if cfg.drop_newest_on_full:  # reference quirk inherited from momo's inverted mask helper
             mask = mask.clone()
@@ -158,15 +180,8 @@ class MambaCTR(nn.Module):
     @staticmethod
     def next_item_loss(h, e, mask):
         """Positive-only DIEN-style auxiliary loss on the window: state h_t should score the next
-        real item e_{t+1} high (reference §5.1 step 8)."""
+        real item e_{t+1} high (reference §5.1 step 8). A pair counts only when both slots are real
+        (the slot before the first real item is padding, its state carries no history)."""
         logits = (h[:, :-1] * e[:, 1:]).sum(-1)
-        nll = -torch.log(torch.sigmoid(logits) + 1e-8) * mask[:, 1:].to(h.dtype)
-        return nll.sum(1).mean()
-
-
-def config_from_dict(d: dict, cls=MambaCTRConfig):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise KeyError(unknown[0])
-    return cls(**d)
+        pair = (mask[:, :-1] & mask[:, 1:]).to(h.dtype)
+        return -(F.logsigmoid(logits) * pair).sum(1).mean()

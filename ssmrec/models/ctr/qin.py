@@ -14,45 +14,39 @@ Ablation switches (QIN paper Table 3): ``head: mlp`` (MLP [1024, 512, 256] inste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ssmrec.models.ctr.validate import check_bool, check_choice, check_positive, check_rate, check_widths
+from ssmrec.data.mmctr import CTRBatch
 from ssmrec.nn.attention import TargetAttention
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import MLP, QuadraticNet, fuxictr_init, masked_mean
+from ssmrec.params import Bool, PosInt, Rate, Widths, config_dataclass
+from ssmrec.registry import register
 
 
-@dataclass
+@config_dataclass
 class QINConfig:
-    embedding_dim: int = 128
-    use_mm_emb: bool = True
-    interest: str = "asta"  # asta | mean (ablation "QIN w/o ASTA")
-    attention_norm: str = "relu"  # relu (ASTA) | softmax (ablation)
-    attention_dropout: float = 0.0  # 0.1 = ablation "ASTA w/ Dropout"
-    attention_width_factor: int = 2  # d_a = factor * D_item
-    head: str = "qnn"  # qnn | mlp (ablation "QIN w/o QNN")
-    qnn_layers: int = 4
-    qnn_rows: int = 4
-    qnn_activation: str = "prelu"  # prelu | relu (ablation "QNN w/o PReLU")
-    mlp_hidden: list = field(default_factory=lambda: [1024, 512, 256])  # head: mlp only
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-    level_zero_is_padding: bool = False
-
-    def __post_init__(self):
-        check_positive(self, "embedding_dim", "attention_width_factor", "qnn_layers", "qnn_rows")
-        check_choice(self, "interest", ("asta", "mean"))
-        check_choice(self, "attention_norm", ("relu", "softmax"))
-        check_choice(self, "head", ("qnn", "mlp"))
-        check_choice(self, "qnn_activation", ("prelu", "relu"))
-        check_widths(self, "mlp_hidden")
-        check_rate(self, "attention_dropout", "net_dropout")
-        check_bool(self, "use_mm_emb", "batch_norm", "level_zero_is_padding")
+    embedding_dim: PosInt = 128
+    use_mm_emb: Bool = True
+    interest: Literal["asta", "mean"] = "asta"  # mean = ablation "QIN w/o ASTA"
+    attention_norm: Literal["relu", "softmax"] = "relu"  # relu (ASTA) | softmax (ablation)
+    attention_dropout: Rate = 0.0  # 0.1 = ablation "ASTA w/ Dropout"
+    attention_width_factor: PosInt = 2  # d_a = factor * D_item
+    head: Literal["qnn", "mlp"] = "qnn"  # mlp = ablation "QIN w/o QNN"
+    qnn_layers: PosInt = 4
+    qnn_rows: PosInt = 4
+    qnn_activation: Literal["prelu", "relu"] = "prelu"  # relu = ablation "QNN w/o PReLU"
+    mlp_hidden: Widths = field(default_factory=lambda: [1024, 512, 256])  # head: mlp only
+    net_dropout: Rate = 0.1
+    batch_norm: Bool = True
+    level_zero_is_padding: Bool = False
 
 
+@register("ctr", "qin", QINConfig)
 class QIN(nn.Module):
     def __init__(self, cfg: QINConfig, item_tags, item_emb, n_tags):
         super().__init__()
@@ -73,9 +67,9 @@ class QIN(nn.Module):
             self.out = nn.Linear(self.head.d_out, 1)
         fuxictr_init(self)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: CTRBatch) -> dict:
         target, history, side = self.embedding(batch)
-        mask = batch["mask"]
+        mask = batch.mask
         interest = self.asta(target, history, mask) if self.cfg.interest == "asta" else masked_mean(history, mask)
         z = self.head(torch.cat([side, target, interest], dim=-1))
         return {"logit": self.out(z).squeeze(-1)}

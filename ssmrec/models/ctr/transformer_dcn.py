@@ -14,48 +14,45 @@ and max-pool then treat the real slots as padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import torch
 import torch.nn as nn
 
+from ssmrec.data.mmctr import CTRBatch
 from ssmrec.data.schema import ITEM_EMB_DIM
-from ssmrec.models.ctr.validate import check_bool, check_positive, check_rate, check_widths
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import MLP, CrossNetV2, fuxictr_init, masked_max
+from ssmrec.params import Bool, PosInt, Rate, Widths, config_dataclass
+from ssmrec.registry import register
 
 
-@dataclass
+@config_dataclass
 class TransformerDCNConfig:
-    embedding_dim: int = 64
-    use_mm_emb: bool = True
-    transformer_layers: int = 2
-    num_heads: int = 1
-    dim_feedforward: int = 256
-    transformer_dropout: float = 0.2
-    first_k_cols: int = 16
-    concat_max_pool: bool = True
-    dcn_cross_layers: int = 3
-    dcn_hidden: list = field(default_factory=lambda: [1024, 512, 256])
-    mlp_hidden: list = field(default_factory=lambda: [64, 32])
-    net_dropout: float = 0.2
-    batch_norm: bool = False
-    inverted_padding_mask: bool = False
-    level_zero_is_padding: bool = False
+    embedding_dim: PosInt = 64
+    use_mm_emb: Bool = True
+    transformer_layers: PosInt = 2
+    num_heads: PosInt = 1
+    dim_feedforward: PosInt = 256
+    transformer_dropout: Rate = 0.2
+    first_k_cols: PosInt = 16
+    concat_max_pool: Bool = True
+    dcn_cross_layers: PosInt = 3
+    dcn_hidden: Widths = field(default_factory=lambda: [1024, 512, 256])
+    mlp_hidden: Widths = field(default_factory=lambda: [64, 32])
+    net_dropout: Rate = 0.2
+    batch_norm: Bool = False
+    inverted_padding_mask: Bool = False
+    level_zero_is_padding: Bool = False
 
     def __post_init__(self):
-        check_positive(self, "embedding_dim", "transformer_layers", "num_heads", "dim_feedforward",
-                       "first_k_cols", "dcn_cross_layers")
-        check_widths(self, "dcn_hidden", "mlp_hidden")
-        check_rate(self, "transformer_dropout", "net_dropout")
-        check_bool(self, "use_mm_emb", "concat_max_pool", "batch_norm", "inverted_padding_mask",
-                   "level_zero_is_padding")
         d_model = 2 * (2 * self.embedding_dim + (ITEM_EMB_DIM if self.use_mm_emb else 0))  # [e_l ; e_t]
         if d_model % self.num_heads:
-            raise ValueError(f"model.num_heads ({self.num_heads}) must divide the encoder width {d_model}")
+            raise ValueError(f"model_params.num_heads ({self.num_heads}) must divide the encoder width {d_model}")
 
 
+@register("ctr", "transformer_dcn", TransformerDCNConfig)
 class TransformerDCN(nn.Module):
     def __init__(self, cfg: TransformerDCNConfig, item_tags, item_emb, n_tags):
         super().__init__()
@@ -77,12 +74,12 @@ class TransformerDCN(nn.Module):
         self.head = MLP(width + self.deep.d_out, cfg.mlp_hidden, 1, act="relu")
         fuxictr_init(self)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: CTRBatch) -> dict:
         cfg = self.cfg
         target, history, side = self.embedding(batch)
         x = torch.cat([history, target.unsqueeze(1).expand_as(history)], dim=-1)
-        h = self.encoder(x, batch["mask"])
-        valid = ~self.encoder.key_padding(batch["mask"])  # = the validity mask unless inverted
+        h = self.encoder(x, batch.mask)
+        valid = ~self.encoder.key_padding(batch.mask)  # = the validity mask unless inverted
         h = h * valid.unsqueeze(-1).to(h.dtype)
         k = min(cfg.first_k_cols, h.shape[1])
         last = h[:, -k:].flatten(1)
