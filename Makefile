@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 # pytest exit code 5 (no tests collected) is a failure, as is any other non-zero code.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The fast lane for iterating (~2 min): everything not marked slow (kernel builds, torchrun, wheel
+# installs, long trainings). CI runs `make test`, which includes the slow tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -252,7 +252,7 @@ def resume_incompatibilities(old: dict, new: dict) -> list[str]:
         out = {}
         for k, v in (d or {}).items():
             key = f"{prefix}{k}"
-            if isinstance(v, dict) and k != "model_params":
+            if isinstance(v, dict) and v:
                 out.update(flat(v, key + "."))
             else:
                 out[key] = v

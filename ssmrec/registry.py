@@ -73,6 +73,19 @@ def _load(task: str, source: str) -> None:
     if task not in MODEL_PACKAGES:
         raise ConfigError(f"{source}: unknown task '{task}' (choose from {', '.join(MODEL_PACKAGES)})")
     importlib.import_module(MODEL_PACKAGES[task])
+    load_plugins()
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``$SSMREC_PLUGINS`` (comma-separated), so models defined outside
+    the package register themselves before a config names them."""
+    import os
+
+    for name in filter(None, (m.strip() for m in os.environ.get("SSMREC_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"SSMREC_PLUGINS: cannot import '{name}' ({e})") from None
 
 
 def model_names(task: str, source: str = "config") -> list[str]:

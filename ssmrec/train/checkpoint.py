@@ -32,14 +32,20 @@ def load(path, require: tuple[str, ...] = ()) -> dict:
         raise SsmrecError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise SsmrecError(f"{path}: checkpoint is empty (0 bytes; a copy or a write that did not finish)")
+    import warnings
+
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or would need code execution
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        if "Unsupported global" in msg or "GLOBAL" in msg:
             raise SsmrecError(f"{path}: refused: the file needs arbitrary code to load (not an ssmrec "
                               f"checkpoint; ssmrec never loads with weights_only=False)") from None
-        raise SsmrecError(f"{path}: cannot load checkpoint ({one_line(e, 160)})") from None
+        why = msg.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        raise SsmrecError(f"{path}: cannot load checkpoint (not a complete torch checkpoint file: "
+                          f"{one_line(why, 120)})") from None
     if not isinstance(ck, dict):
         raise SsmrecError(f"{path}: not an ssmrec checkpoint (holds a {type(ck).__name__}, not a dict)")
     for key in REQUIRED + tuple(require):

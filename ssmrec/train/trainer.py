@@ -231,7 +231,7 @@ class Trainer:
             if self.world > 1:
                 dist.all_reduce(bad)
             if bad.item():
-                raise self._diverged(f"loss is {float(loss)}", epoch, step)
+                raise self._diverged(f"loss is {float(loss.detach())}", epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)

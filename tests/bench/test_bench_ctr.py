@@ -14,14 +14,15 @@ from ssmrec.bench.ctr import (DEFAULT_LIST, PAPER_AUC, REFERENCE_VOCAB, load_ent
                               reference_params)
 from tests.conftest import SHARED_DATA, run_cli
 
-# Two small real entries and one that fails when its model is built (in the worker, after config
-# validation): Mamba-2 needs d_inner to be a multiple of headdim.
+# Two small real entries and one that fails while it trains (in the worker): a learning rate so large
+# that the loss diverges, which the Trainer stops with one line.
 TINY_LIST = {"models": [
     {"label": "tiny_mm", "config": "mmctr_synth/mambactr_tiny", "reference": "mmctr/mambactr",
      "paper": "mambactr_origin"},
     {"label": "tiny_nomm", "config": "mmctr_synth/mambactr_tiny", "reference": "mmctr/mambactr",
      "set": {"model_params.use_mm_emb": False}, "paper": "mambactr_origin_nomm"},
-    {"label": "broken", "config": "mmctr_synth/mambactr_tiny", "set": {"model_params.headdim": 7}},
+    {"label": "broken", "config": "mmctr_synth/mambactr_tiny",
+     "set": {"train.lr": 1.0e+30, "train.grad_clip": 0.0, "model_params.batch_norm": False}},
 ]}
 FAST = ["--epochs", "1", "--set", "train.max_steps_per_epoch=3", "--set", "data.max_len=8", "--infer-repeats", "2"]
 
@@ -51,7 +52,7 @@ def test_bench_writes_consistent_results_and_records_the_failure(bench_run):
     proc, out, _ = bench_run
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     err = _error_line(proc)
-    assert "1 of 3 models failed" in err and "broken" in err and "headdim" in err
+    assert "1 of 3 models failed" in err and "broken" in err and "diverged" in err
 
     res = json.loads((out / "results.json").read_text())
     recs = {r["label"]: r for r in res["records"]}
@@ -74,7 +75,7 @@ def test_bench_writes_consistent_results_and_records_the_failure(bench_run):
     # Without the 128 x 128 multimodal projection (and a narrower item vector) the model is smaller.
     assert recs["tiny_nomm"]["params"] < recs["tiny_mm"]["params"]
     assert recs["tiny_nomm"]["params_ref"] < recs["tiny_mm"]["params_ref"]
-    assert recs["broken"]["status"] == "failed" and "headdim" in recs["broken"]["error"]
+    assert recs["broken"]["status"] == "failed" and "training diverged" in recs["broken"]["error"]
 
     md = (out / "results.md").read_text()
     rows = [line for line in md.splitlines() if re.match(r"^\| \d+ \| ", line)]
@@ -232,3 +233,16 @@ def test_resume_reruns_a_model_whose_config_file_changed(tmp_path, tiny_world):
     assert proc.returncode == 0 and "mine: kept from" not in proc.stdout and "mine: training" in proc.stdout
     rec = json.loads((out / "results.json").read_text())["records"][0]
     assert rec["lr"] == pytest.approx(1e-4) and rec["run_config"]["train"]["lr"] == pytest.approx(1e-4)
+
+
+def test_invalid_model_params_are_refused_before_training_anything(tmp_path, tiny_world):
+    """A config error (headdim not dividing Mamba-2's inner width) is found when the plan is
+    resolved: one line, and no model is trained."""
+    lst = _write_list(tmp_path / "l.yaml", {"models": [
+        {"label": "ok", "config": "mmctr_synth/mambactr_tiny"},
+        {"label": "typo", "config": "mmctr_synth/mambactr_tiny", "set": {"model_params.headdim": 7}}]})
+    proc = run_cli("bench", "ctr", "--data", tiny_world, "--config-list", lst, "--out", tmp_path / "o", *FAST)
+    assert proc.returncode == 2
+    line = _error_line(proc)
+    assert "model 'typo'" in line and "headdim (7) must divide" in line
+    assert not (tmp_path / "o" / "results.json").exists()

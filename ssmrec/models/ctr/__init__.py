@@ -1,7 +1,8 @@
 """CTR models on MM-CTR data, registered under task ``ctr`` (see :mod:`ssmrec.registry`).
 
-Importing this package registers every model; ``CTR_MODELS`` and :func:`build_ctr_model` are the
-CTR views of the registry.
+Importing this package imports every module in it, so a new model is one file with one
+``@register("ctr", ...)`` class; ``CTR_MODELS`` and :func:`build_ctr_model` are the CTR views of the
+registry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from ssmrec.models.ctr.mambactr import MambaCTR, MambaCTRConfig
 from ssmrec.models.ctr.qin import QIN, QINConfig
 from ssmrec.models.ctr.transformer_dcn import TransformerDCN, TransformerDCNConfig
 from ssmrec.registry import _REGISTRY, get_model
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _module in _pkgutil.iter_modules(__path__):  # every model file registers itself
+    _importlib.import_module(f"{__name__}.{_module.name}")
 
 CTR_MODELS = {name: (spec.cls, spec.config_cls) for (task, name), spec in _REGISTRY.items() if task == "ctr"}
 
