@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pathlib import Path
 
 from ssmrec.errors import SsmrecError
 
@@ -38,9 +37,12 @@ def resolve_config(name_or_path: str):
 
 def preflight_run_dir(cfg, resume: bool, overwrite: bool) -> None:
     """Before any data is read: the run folder is writable, free, and not an earlier run's unless told."""
-    from ssmrec.train.rundir import RunDir
     from ssmrec.errors import OutputError
+    from ssmrec.io import check_not_inside
+    from ssmrec.train.rundir import RunDir
 
+    if hasattr(cfg.data, "dir"):
+        check_not_inside(cfg.run_dir, cfg.data.dir, "the run folder")
     with RunDir(cfg.run_dir) as run:
         previous = run.previous_run_files()
         if previous and not overwrite and not (resume and (cfg.run_dir / "last.pt").exists()):
@@ -125,13 +127,14 @@ def write_submission(path, p, column: str) -> None:
 def _cmd_predict(args) -> int:
     import re
 
-    from ssmrec.io import check_output_file
+    from ssmrec.io import check_not_inside, check_output_file
     from ssmrec.tasks.ctr import predict_split
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.column):
         raise SsmrecError(f"--column must be a plain column name such as Task1 or Task2, got {args.column!r}")
     out = check_output_file(args.out, "predictions")  # before any model or data is loaded
     model, cfg, data = _load_for_scoring(args)
+    check_not_inside(out, data.root, "the predictions")
     if args.split not in data.splits:
         raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
     p = predict_split(model, data.splits[args.split], cfg.train.eval_batch_size, "cpu", progress=True)

@@ -22,7 +22,7 @@ from ssmrec.errors import OutputError, one_line
 
 __all__ = ["atomic_write", "write_text_atomic", "write_bytes_atomic", "write_json_atomic", "save_torch_atomic",
            "save_figure_atomic", "check_output_dir", "check_output_file", "os_error_line", "tmp_path_for",
-           "finite_json"]
+           "finite_json", "check_not_inside", "write_parquet_atomic"]
 
 
 def os_error_line(e: OSError, path, what: str = "write") -> str:
@@ -97,7 +97,21 @@ def write_json_atomic(path, obj, indent: int | None = 2) -> Path:
 def save_torch_atomic(obj, path) -> Path:
     import torch
 
-    return atomic_write(path, lambda t: torch.save(obj, t))
+    def write(tmp):
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
+            if "write" in str(e).lower():
+                raise OSError(errno.ENOSPC if "space" in str(e).lower() else errno.EIO, one_line(e, 120)) from None
+            raise
+
+    return atomic_write(path, write)
+
+
+def write_parquet_atomic(table, path) -> Path:
+    import pyarrow.parquet as pq
+
+    return atomic_write(path, lambda t: pq.write_table(table, t))
 
 
 def save_figure_atomic(fig, path, dpi: int = 110, **kw) -> Path:
@@ -127,6 +141,14 @@ def check_output_dir(path, what: str = "output") -> Path:
         raise OutputError(os_error_line(e, path, f"create {what} folder")) from None
     _probe(path, what, path)
     return path
+
+
+def check_not_inside(path, input_dir, what: str, input_what: str = "input data folder") -> None:
+    """No command modifies its input: refuse an output at or below an input folder."""
+    out, inp = Path(path).resolve(), Path(input_dir).resolve()
+    if out == inp or inp in out.parents:
+        raise OutputError(f"{path}: {what} would be written into the {input_what} {input_dir}; "
+                          f"commands never modify their input, choose another location")
 
 
 def check_output_file(path, what: str = "output") -> Path:

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -20,6 +21,7 @@ def _example():
     return code, conf
 
 
+@pytest.mark.slow
 def test_readme_model_example_trains(tmp_path, tiny_world):
     code, conf = _example()
     (tmp_path / "my_models.py").write_text(code)

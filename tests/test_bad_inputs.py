@@ -8,8 +8,6 @@ tests/embed/test_embed_bad_inputs.py, resume states and run folders by tests/tra
 
 import os
 import pickle
-import shutil
-import subprocess
 
 import pytest
 import yaml
@@ -199,6 +197,12 @@ def _setup(name, root, tiny_world, ckpt):
         return ["train", "--config", "mmctr_synth/no_such_model"]
     if name == "train_unknown_flag":
         return ["train", "--config", root / "c.yaml", "--epochs", "3"]
+    if name == "predict_into_input":
+        return ["predict", "--checkpoint", ckpt, "--data", tiny_world, "--out", tiny_world / "prediction.csv"]
+    if name == "train_into_input":
+        return ["train", "--config", root / "c.yaml", "--set", f"out_dir={tiny_world / 'runs'}"]
+    if name == "bench_into_input":
+        return ["bench", "ctr", "--epochs", "1", "--data", tiny_world, "--out", tiny_world / "bench"]
     if name == "demo_preset":
         return ["demo", "--preset", "huge"]
     if name == "demo_bad_set":
@@ -233,6 +237,9 @@ CLI_CASES = [
     ("train_bad_set", "'train.batch_size' must be > 0, got 0"),
     ("train_config_missing", "mmctr_synth/no_such_model: config file not found"),
     ("train_unknown_flag", "unrecognized arguments: --epochs 3"),
+    ("predict_into_input", "would be written into the input data folder"),
+    ("train_into_input", "would be written into the input data folder"),
+    ("bench_into_input", "would be written into the input data folder"),
     ("demo_preset", "argument --preset: invalid choice: 'huge'"),
     ("demo_bad_set", "'train.lr' must be > 0"),
     ("data_check_missing", "data directory not found"),
@@ -241,6 +248,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,needle", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_bad_cli_input_is_one_line(trained, tiny_world, name, needle):
     root, ckpt, _ = trained
@@ -254,3 +262,8 @@ def test_bad_cli_input_is_one_line(trained, tiny_world, name, needle):
     assert lines[0].startswith("ssmrec: error: ") and needle in lines[0], lines[0]
     assert sorted(p.name for p in (root / "runs" / "run").iterdir()) == before  # nothing written or removed
     assert not os.path.exists("/tmp/ssmrec-pwned")
+    assert sorted(p.name for p in tiny_world.iterdir()) == INPUT_FILES  # the input folder is untouched
+
+
+INPUT_FILES = sorted(["covers", "item_feature.parquet", "item_info.parquet", "test.parquet", "train.parquet",
+                      "truth", "valid.parquet", "world.json"])

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
     r = run_cli("demo", "--preset", "tiny", "--data-dir", tmp_path / "world", "--out-dir", tmp_path / "runs",
                 "--set", "train.progress=false")

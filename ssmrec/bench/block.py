@@ -252,8 +252,10 @@ def cmd_bench_block(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from ssmrec.io import check_output_dir
     from ssmrec.nn import fused_scan
 
+    check_output_dir(args.out, "bench output")  # before anything is measured
     impls = [s.strip() for s in args.impls.split(",") if s.strip()]
     bad = [i for i in impls if i not in ALL_IMPLS]
     if bad:

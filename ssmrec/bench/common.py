@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ssmrec.io import save_figure_atomic as _save_figure
-from ssmrec.io import write_json_atomic, write_text_atomic  # noqa: F401  (the benches' writers)
+from ssmrec.io import write_json_atomic, write_text_atomic
+
+__all__ = ["summarize_times", "time_repeats", "write_json_atomic", "write_text_atomic", "save_figure_atomic",
+           "pyplot", "markdown_table", "machine_info", "peak_rss_mb", "format_seconds"]
 
 
 def summarize_times(seconds: Sequence[float]) -> dict:

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ssmrec.io import check_output_dir
+from ssmrec.io import check_not_inside, check_output_dir
 from ssmrec.bench.common import (format_seconds, machine_info, markdown_table, peak_rss_mb, pyplot,
                                  save_figure_atomic, summarize_times, time_repeats, write_json_atomic,
                                  write_text_atomic)
@@ -411,6 +411,7 @@ def cmd_bench_ctr(args) -> int:
         raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
     if args.infer_repeats < 1:
         raise SsmrecError(f"--infer-repeats must be >= 1, got {args.infer_repeats}")
+    check_not_inside(args.out, args.data or DEFAULT_DATA, "the bench output")  # path checks before any work
     out = check_output_dir(args.out, "bench output")
     data = _resolve_data(args)
     # Cheap checks first (no torch import): every config file exists, --resume settings match.

@@ -85,7 +85,9 @@ def measure(modality: str, spec: str, table, n_items: int, batch_size: int, repe
 
 def cmd_bench_embed(args) -> int:
     from ssmrec.embed.items import read_item_table
+    from ssmrec.io import check_output_dir
 
+    check_output_dir(args.out, "bench output")  # before anything is measured
     items = Path(args.items or DEFAULT_ITEMS)
     if args.items is None and not (items / "item_feature.parquet").exists():
         from ssmrec.data.synth import synthesize

@@ -41,11 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ssmrec.data.schema import DEFAULT_MAX_LEN, ITEM_EMB_DIM, N_ITEM_TAGS
 from ssmrec.errors import OutputError, SsmrecError
-from ssmrec.io import atomic_write, check_output_dir, os_error_line, write_json_atomic
+from ssmrec.io import check_output_dir, os_error_line, write_json_atomic, write_parquet_atomic
 
 
 @dataclass(frozen=True)
@@ -319,9 +318,6 @@ def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = Fa
 
 
 def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset: str) -> None:
-    def write_parquet(table: pa.Table, path: Path) -> None:
-        atomic_write(path, lambda t: pq.write_table(table, t))
-
     n_items = config.n_items
     ids = np.arange(n_items + 1, dtype=np.int64)
     item_info = pa.table({
@@ -329,11 +325,11 @@ def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset:
         "item_tags": pa.FixedSizeListArray.from_arrays(pa.array(world["tags"].reshape(-1)), N_ITEM_TAGS),
         "item_emb_d128": pa.FixedSizeListArray.from_arrays(pa.array(world["emb"].reshape(-1)), ITEM_EMB_DIM),
     })
-    write_parquet(item_info, tmp / "item_info.parquet")
+    write_parquet_atomic(item_info, tmp / "item_info.parquet")
 
     titles = _titles(np.random.default_rng(seed + 1), config, world["cat"][1:], world["z"][1:])
     cover_paths = [f"covers/{i:06d}.png" for i in ids[1:]]
-    write_parquet(pa.table({"item_id": pa.array(ids[1:]), "item_title": titles, "cover_path": cover_paths}),
+    write_parquet_atomic(pa.table({"item_id": pa.array(ids[1:]), "item_title": titles, "cover_path": cover_paths}),
                   tmp / "item_feature.parquet")
     if config.write_covers:  # plain writes: the staging folder is the unit that appears atomically
         (tmp / "covers").mkdir()
@@ -355,7 +351,7 @@ def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset:
         }
         if split != "test":  # like the challenge, the test labels are withheld
             cols["label"] = pa.array(rows["label"][a:b])
-        write_parquet(pa.table(cols), tmp / f"{split}.parquet")
-        write_parquet(pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]}),
+        write_parquet_atomic(pa.table(cols), tmp / f"{split}.parquet")
+        write_parquet_atomic(pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]}),
                       tmp / "truth" / f"{split}.parquet")
     write_json_atomic(tmp / "world.json", {"seed": seed, "preset": preset, **asdict(config)})

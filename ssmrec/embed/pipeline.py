@@ -49,7 +49,7 @@ from ssmrec.embed.cache import EmbeddingCache
 from ssmrec.embed.fusion import fit_pca, fuse, parse_weights
 from ssmrec.embed.items import ItemTable, load_image, read_item_table
 from ssmrec.errors import ConfigError, DataError, OutputError, SsmrecError
-from ssmrec.io import atomic_write, check_output_dir, os_error_line, write_json_atomic
+from ssmrec.io import atomic_write, check_output_dir, os_error_line, write_json_atomic, write_parquet_atomic
 
 MANIFEST = "embed_manifest.json"
 PCA_FILE = "embed_pca.npz"
@@ -373,7 +373,7 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
     col = f"item_emb_d{dim}"
     emb_table = pa.table({"item_id": pa.array(table.ids),
                           col: pa.FixedSizeListArray.from_arrays(pa.array(reduced.reshape(-1)), int(dim))})
-    atomic_write(out / EMB_FILE, lambda tmp: pq.write_table(emb_table, tmp))
+    write_parquet_atomic(emb_table, out / EMB_FILE)
     _write_npz(out / PCA_FILE, components=pca.components_, mean=pca.mean_,
                explained_variance=pca.explained_variance_, explained_variance_ratio=evr,
                whiten=np.array(whiten), weights=np.array(lam), item_ids=table.ids,
@@ -398,7 +398,7 @@ def embed_items(items, out, image_encoder=None, text_encoder=None, weights=None,
             emb_col = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), ITEM_EMB_DIM)
             i = info_table.column_names.index("item_emb_d128")
             new_info = info_table.set_column(i, "item_emb_d128", emb_col)
-            atomic_write(out / "item_info.parquet", lambda tmp: pq.write_table(new_info, tmp))
+            write_parquet_atomic(new_info, out / "item_info.parquet")
             written["item_info.parquet"] = None
     if mmctr:
         for name in LINKED:

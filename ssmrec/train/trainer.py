@@ -40,11 +40,16 @@ from ssmrec.errors import OutputError, SsmrecError, TrainingDiverged, one_line
 from ssmrec.io import save_figure_atomic, write_text_atomic
 from ssmrec.nn.mamba import prepare_kernels
 from ssmrec.tasks import make_task
-from ssmrec.tasks.ctr import evaluate_split as evaluate  # noqa: F401  (CTR helpers kept importable here)
-from ssmrec.tasks.ctr import popularity_auc, predict_split  # noqa: F401
+from ssmrec.tasks.ctr import evaluate_split as evaluate
+from ssmrec.tasks.ctr import popularity_auc, predict_split
 from ssmrec.train import checkpoint
 from ssmrec.train.optim import l2_regularization, make_optimizer
 from ssmrec.train.rundir import RunDir
+
+
+__all__ = ["Trainer", "load_model", "load_trained", "init_distributed", "resolved_config", "plot_curves",
+           # CTR helpers, importable from here as before the task split
+           "evaluate", "popularity_auc", "predict_split"]
 
 
 def _dist_info():
@@ -279,8 +284,14 @@ class Trainer:
     def _append_metrics(self, record: dict):
         if self.rank != 0:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # full disk, folder removed under us
+            from ssmrec.io import os_error_line
+
+            raise OutputError(os_error_line(e, path, "append metrics")) from None
         metric, losses = self.task.plot_keys()
         plot_curves(self.history, self.run_dir / "training_curve.png", metric, tuple(losses))
 

@@ -14,6 +14,7 @@ needs_fused = pytest.mark.skipif(not fused_scan.fused_available(),
 
 
 @needs_fused
+@pytest.mark.slow
 def test_bench_block_toy_run(tmp_path):
     out = tmp_path / "b"
     r = run_cli("bench", "block", "--lengths", "4,8", "--tokens", "32", "--repeats", "2", "--ref-repeats", "1",
@@ -56,6 +57,7 @@ def test_gemm_floor_keeps_every_projection_in_backward(impl):
 
 
 @needs_fused
+@pytest.mark.slow
 def test_bench_block_ctr_throughput(tmp_path, tiny_world):
     out = tmp_path / "c"
     r = run_cli("bench", "block", "--lengths", "4", "--tokens", "8", "--repeats", "1", "--ref-repeats", "1",

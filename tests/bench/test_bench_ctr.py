@@ -48,6 +48,7 @@ def bench_run(tiny_world, tmp_path_factory):
     return proc, out, lst
 
 
+@pytest.mark.slow
 def test_bench_writes_consistent_results_and_records_the_failure(bench_run):
     proc, out, _ = bench_run
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -105,6 +106,7 @@ def test_params_at_reference_match_a_direct_build(bench_run):
     assert recs["tiny_nomm"]["params_ref"] == reference_params(cfg, str(path))
 
 
+@pytest.mark.slow
 def test_resume_keeps_measured_models_and_reruns_the_rest(bench_run, tiny_world):
     _, out, lst = bench_run
     before = {r["label"]: r for r in json.loads((out / "results.json").read_text())["records"]}
@@ -213,6 +215,7 @@ def test_common_timing_and_atomic_writes(tmp_path):
     assert common.format_seconds(None) == "n/a"
 
 
+@pytest.mark.slow
 def test_resume_reruns_a_model_whose_config_file_changed(tmp_path, tiny_world):
     from ssmrec.bench.ctr import _config_path
 
@@ -235,6 +238,7 @@ def test_resume_reruns_a_model_whose_config_file_changed(tmp_path, tiny_world):
     assert rec["lr"] == pytest.approx(1e-4) and rec["run_config"]["train"]["lr"] == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_invalid_model_params_are_refused_before_training_anything(tmp_path, tiny_world):
     """A config error (headdim not dividing Mamba-2's inner width) is found when the plan is
     resolved: one line, and no model is trained."""

@@ -17,6 +17,7 @@ def _cached_ids(cache_root, modality):
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_recomputing(tiny_world, minilm, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["embed", "--items", tiny_world, "--out", out, "--text-encoder", minilm, "--batch-size", "4",

@@ -206,6 +206,7 @@ def test_bad_weights(weights, needles, tiny_world, tiny_clip, minilm, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_dim_above_the_encoder_width(tiny_world, tiny_clip, tmp_path):
     """The tiny CLIP's image vectors are 24-d: --dim 100 (<= 300 items) is refused before encoding."""
     out = tmp_path / "o"

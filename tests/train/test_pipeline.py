@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
 from ssmrec.config import from_dict
-from ssmrec.errors import OutputError, SsmrecError, TrainingDiverged
+from ssmrec.errors import TrainingDiverged
 from ssmrec.train import checkpoint
 from ssmrec.train.trainer import Trainer, load_model
 from tests.conftest import run_cli
@@ -81,6 +80,7 @@ def _auc(model, split):
     return roc_auc_score(split.label.numpy(), p.double().numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
 def test_same_valid_auc_as_the_ctr_only_trainer(tiny_world, tmp_path, model):
     from ssmrec.data.mmctr import load_mmctr
@@ -173,6 +173,7 @@ def _one_line_error(r, *needles):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_fresh_run_into_used_folder_refuses_then_overwrite_replaces(tiny_world, tmp_path):
     cfg = _write(tmp_path / "c.yaml", _cfg(tiny_world, tmp_path, "din", epochs=1, max_steps_per_epoch=2))
     assert run_cli("train", "--config", cfg).returncode == 0
@@ -184,6 +185,7 @@ def test_fresh_run_into_used_folder_refuses_then_overwrite_replaces(tiny_world, 
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_run_folder_is_owned_by_one_process(tiny_world, tmp_path):
     from ssmrec.train.rundir import RunDir
 
@@ -215,6 +217,7 @@ def test_stale_best_from_an_earlier_run_is_never_reported(tiny_world, tmp_path):
     ("lr_changed", "train.lr was 0.002, now 0.001"),
     ("arch_changed", "model_params.embedding_dim was 8, now 16"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_in_one_line(tiny_world, tmp_path, damage, needle):
     d = _cfg(tiny_world, tmp_path, "din", epochs=2, max_steps_per_epoch=2)
     cfg = _write(tmp_path / "c.yaml", d)
@@ -268,6 +271,7 @@ def test_divergence_stops_with_one_line_and_keeps_last_good_checkpoint(tiny_worl
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_huge_lr_diverges_in_one_line_through_the_cli(tiny_world, tmp_path):
     cfg = _write(tmp_path / "c.yaml", _cfg(tiny_world, tmp_path, "din", epochs=3, max_steps_per_epoch=30,
                                             params={**MODELS["din"], "batch_norm": False}, grad_clip=0.0))
@@ -276,6 +280,7 @@ def test_huge_lr_diverges_in_one_line_through_the_cli(tiny_world, tmp_path):
     assert r.returncode == 3
 
 
+@pytest.mark.slow
 def test_predict_column_and_zip(tiny_world, tmp_path):
     import zipfile
 
@@ -308,3 +313,23 @@ def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path):
     for a, b in zip(results[1], results[2]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=1e-4)
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    from ssmrec.errors import OutputError
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"model": {"w": torch.ones(2)}, "config": {}, "feature_map": {}}, path)
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file data/0: "
+                           "file write failed (No space left on device)")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OutputError) as e:
+        checkpoint.save_atomic({"model": {"w": torch.zeros(2)}, "config": {}, "feature_map": {}}, path)
+    assert "cannot write" in str(e.value) and "no space left on device" in str(e.value) and "\n" not in str(e.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -44,6 +44,7 @@ def test_gauc_matches_per_user_sklearn():
     assert logloss([1, 0], [1.0, 0.0]) == pytest.approx(-np.log(1 - 1e-7), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_and_weights_only(tiny_world, tmp_path):
     cfg = from_dict(_cfg(tiny_world, tmp_path, epochs=1, max_steps_per_epoch=5))
     summary = Trainer(cfg).fit()
@@ -68,6 +69,7 @@ def test_checkpoint_round_trip_and_weights_only(tiny_world, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "bad.pt" in r.stderr
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_per_seed(tiny_world, tmp_path):
     res = []
     for i in range(2):
@@ -81,6 +83,7 @@ def _write_cfg(path, d):
     return path
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes_like_uninterrupted_run(tiny_world, tmp_path):
     d = _cfg(tiny_world, tmp_path / "killed", epochs=2, checkpoint_every=5)
     cfg_path = _write_cfg(tmp_path / "c.yaml", d)
@@ -116,6 +119,7 @@ def test_sigkill_then_resume_finishes_like_uninterrupted_run(tiny_world, tmp_pat
     assert not list(last.parent.glob(".*.tmp*"))  # stale temp files from the killed run are cleaned
 
 
+@pytest.mark.slow
 def test_tiny_run_beats_popularity_baseline(tiny_world, tmp_path):
     cfg = from_dict(_cfg(tiny_world, tmp_path, epochs=4, patience=2, checkpoint_every=0))
     s = Trainer(cfg).fit()
@@ -126,6 +130,7 @@ def test_tiny_run_beats_popularity_baseline(tiny_world, tmp_path):
     assert {"valid_auc", "valid_logloss", "valid_gauc", "train_loss"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_predict_writes_submission_in_test_order(tiny_world, tiny_data, tmp_path):
     cfg = from_dict(_cfg(tiny_world, tmp_path, epochs=1, max_steps_per_epoch=3))
     Trainer(cfg).fit()
@@ -145,6 +150,7 @@ def test_predict_writes_submission_in_test_order(tiny_world, tiny_data, tmp_path
     assert 0.5 < m["auc"] <= 1 and m["oracle_auc"] > 0.5
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_world, tmp_path):
     d = _cfg(tiny_world, tmp_path, epochs=1, max_steps_per_epoch=6)
     cfg_path = _write_cfg(tmp_path / "c.yaml", d)

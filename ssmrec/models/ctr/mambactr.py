@@ -17,7 +17,6 @@ Named switches (see ``MambaCTRConfig``):
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Literal
 
 import torch

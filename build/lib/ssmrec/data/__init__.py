@@ -1,0 +1,1 @@
+"""Data: MM-CTR schema, parquet IO and validation, synthetic worlds."""

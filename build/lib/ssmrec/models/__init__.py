@@ -1,0 +1,1 @@
+"""Models: thin compositions of ``ssmrec.nn`` blocks (ctr: click-through-rate models)."""

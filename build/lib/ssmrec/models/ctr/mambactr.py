@@ -1,0 +1,186 @@
+"""MambaCTR (reference doc §5): Stage I sequence encoder -> Stage II target-aware GRU -> head.
+
+Default = what the reference code (``ours-mamba_version``) does, which produced the published numbers:
+one Mamba-2 block over the history, the last 16 outputs scored against the target by a bilinear
+masked softmax that drives an AUGRU, interest ``[u_K ; Linear(maxpool u)]``, a 3-layer 2-row
+quadratic head, BCE + 0.01 x positive next-item auxiliary loss.
+
+Named switches (see ``MambaCTRConfig``):
+* ``variant="paper"`` preset: stacked Mamba-1 with pre-LN residual, cosine-weighted plain GRU over
+  the whole history, residual GELU head (what the paper's prose describes);
+* ``stage1="transformer"``: the "ablated" Transformer twin (2 post-LN encoder layers, 1 head);
+* ``use_mm_emb``: with/without ``item_emb_d128`` (paper Table 5);
+* reference quirks, off by default: ``drop_newest_on_full`` (the newest item of full windows is
+  masked), ``inverted_padding_mask`` (Transformer key-padding mask with the wrong polarity),
+  ``padding_noop=False`` (padded steps still update the SSM state through conv bias and dt).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssmrec.data.mmctr import CTRBatch
+from ssmrec.data.schema import ITEM_EMB_DIM
+from ssmrec.nn.attention import MaskedTransformerEncoder
+from ssmrec.nn.embedding import MMCTRFeatureEmbedding
+from ssmrec.nn.layers import (AttentionalGRU, QuadraticNet, ResidualGELUHead, fuxictr_init, masked_max,
+                              masked_softmax)
+from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
+from ssmrec.params import Bool, NonNegFloat, PosInt, Rate, config_dataclass
+from ssmrec.registry import register
+
+
+_PAPER_PRESET = {"stage1": "mamba1", "stage1_prenorm_residual": True, "stage2": "cosine_gru",
+                 "head": "residual_gelu"}
+
+
+@config_dataclass
+class MambaCTRConfig:
+    embedding_dim: PosInt = 64
+    use_mm_emb: Bool = True
+    # Stage I
+    stage1: Literal["mamba2", "mamba1", "transformer"] = "mamba2"
+    stage1_layers: PosInt = 1
+    stage1_prenorm_residual: Bool = False  # h = h + SSM(LN(h)), the paper's stacking
+    d_state: PosInt = 16
+    d_conv: PosInt = 4
+    expand: PosInt = 2
+    headdim: PosInt = 64
+    scan_impl: Literal[SCAN_IMPLS] = "auto"  # type: ignore[valid-type]
+    transformer_heads: PosInt = 1
+    transformer_ffn: PosInt = 256
+    transformer_dropout: Rate = 0.2
+    # Stage II
+    stage2: Literal["augru", "cosine_gru"] = "augru"  # augru (code) | cosine_gru (paper)
+    window: PosInt = 16  # last-K Stage-I outputs fed to Stage II (augru only; cosine_gru uses all)
+    # Head
+    head: Literal["qnn", "residual_gelu"] = "qnn"  # qnn (code) | residual_gelu (paper)
+    qnn_layers: PosInt = 3
+    qnn_rows: PosInt = 2
+    net_dropout: Rate = 0.2
+    batch_norm: Bool = True
+    aux_loss_weight: NonNegFloat = 0.01
+    # Reference quirks / deviations
+    padding_noop: Bool = True
+    drop_newest_on_full: Bool = False
+    inverted_padding_mask: Bool = False
+    level_zero_is_padding: Bool = False
+    variant: Literal["code", "paper"] = "code"  # paper: the preset _PAPER_PRESET (stage1/stage2/head)
+
+    def __post_init__(self):
+        if self.variant == "paper":
+            clash = [k for k, v in _PAPER_PRESET.items()
+                     if getattr(self, k) != v and getattr(self, k) != _CODE_DEFAULTS[k]]
+            if clash:
+                raise ValueError(f"model_params.variant 'paper' sets {', '.join(_PAPER_PRESET)}; it conflicts with "
+                                 f"{clash[0]}={getattr(self, clash[0])!r} (remove it, or use variant: code)")
+            for k, v in _PAPER_PRESET.items():
+                object.__setattr__(self, k, v)
+            self.stage1_layers = max(self.stage1_layers, 2)
+        d = self.item_dim
+        if self.stage1 == "mamba2" and (self.expand * d) % self.headdim:
+            raise ValueError(f"model_params.headdim ({self.headdim}) must divide the Mamba-2 inner width "
+                             f"expand x item width = {self.expand} x {d} = {self.expand * d}")
+        if self.stage1 == "transformer" and d % self.transformer_heads:
+            raise ValueError(f"model_params.transformer_heads ({self.transformer_heads}) must divide the item "
+                             f"width {d}")
+
+    @property
+    def item_dim(self) -> int:
+        return 2 * self.embedding_dim + (ITEM_EMB_DIM if self.use_mm_emb else 0)
+
+
+_CODE_DEFAULTS = {"stage1": "mamba2", "stage1_prenorm_residual": False, "stage2": "augru", "head": "qnn"}
+
+
+class SequenceEncoder(nn.Module):
+    """Stage I: a stack of Mamba-1 / Mamba-2 blocks or Transformer encoder layers, mask-aware."""
+
+    def __init__(self, cfg: MambaCTRConfig, d_model: int):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.stage1 == "transformer":
+            self.layers = MaskedTransformerEncoder(d_model, cfg.transformer_heads, cfg.transformer_ffn,
+                                                   cfg.transformer_dropout, cfg.stage1_layers,
+                                                   cfg.inverted_padding_mask)
+            self.norms = None
+        else:
+            block = Mamba2 if cfg.stage1 == "mamba2" else Mamba
+            kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_impl=cfg.scan_impl)
+            if cfg.stage1 == "mamba2":
+                kw["headdim"] = cfg.headdim
+            self.layers = nn.ModuleList(block(d_model, **kw) for _ in range(cfg.stage1_layers))
+            self.norms = nn.ModuleList(
+                nn.LayerNorm(d_model) if cfg.stage1_prenorm_residual else nn.Identity() for _ in self.layers)
+
+    def forward(self, x, mask):
+        if self.cfg.stage1 == "transformer":
+            return self.layers(x, mask)
+        ssm_mask = mask if self.cfg.padding_noop else None
+        for block, norm in zip(self.layers, self.norms):
+            if self.cfg.stage1_prenorm_residual:
+                x = x + block(norm(x), mask=ssm_mask)
+            else:
+                x = block(x, mask=ssm_mask)
+        return x
+
+
+@register("ctr", "mambactr", MambaCTRConfig)
+class MambaCTR(nn.Module):
+    def __init__(self, cfg: MambaCTRConfig, item_tags, item_emb, n_tags):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = MMCTRFeatureEmbedding(item_tags, item_emb, n_tags, cfg.embedding_dim, cfg.use_mm_emb,
+                                               cfg.level_zero_is_padding)
+        d = self.embedding.item_dim
+        self.encoder = SequenceEncoder(cfg, d)
+        if cfg.stage2 == "augru":  # bilinear Stage-II score (W_a e_t) . h_l (unused by cosine_gru: not built)
+            self.query = nn.Linear(d, d, bias=False)
+        self.gru = AttentionalGRU(d, d)
+        self.pool_proj = nn.Linear(d, d)
+        head_dim = self.embedding.side_dim + d + 2 * d
+        if cfg.head == "qnn":
+            self.head = QuadraticNet(head_dim, cfg.qnn_layers, cfg.qnn_rows, cfg.net_dropout, cfg.batch_norm)
+        else:
+            self.head = ResidualGELUHead(head_dim, 2, cfg.net_dropout)
+        self.out = nn.Linear(head_dim, 1)
+        fuxictr_init(self)
+
+    def forward(self, batch: CTRBatch) -> dict:
+        cfg = self.cfg
+        target, history, side = self.embedding(batch)
+        mask = batch.mask
+        h = self.encoder(history, mask)
+        if cfg.drop_newest_on_full:  # reference quirk inherited from momo's inverted mask helper
+            mask = mask.clone()
+            mask[mask.all(dim=1), -1] = False
+        h = h * mask.unsqueeze(-1).to(h.dtype)
+
+        if cfg.stage2 == "augru":
+            hk, mk, ek = h[:, -cfg.window:], mask[:, -cfg.window:], history[:, -cfg.window:]
+            att = masked_softmax(torch.einsum("bld,bd->bl", hk, self.query(target)), mk)
+            u = self.gru(hk, att)
+        else:  # paper: cosine-weighted inputs to a plain GRU over the whole history
+            hk, mk, ek = h, mask, history
+            cos = F.cosine_similarity(hk, target.unsqueeze(1), dim=-1)
+            u = self.gru(hk * cos.unsqueeze(-1), mk.to(h.dtype))
+        interest = torch.cat([u[:, -1], self.pool_proj(masked_max(u, mk, dim=1, fill=0.0))], dim=-1)
+
+        z = self.head(torch.cat([side, target, interest], dim=-1))
+        out = {"logit": self.out(z).squeeze(-1)}
+        if self.training and cfg.aux_loss_weight > 0:
+            out["aux_loss"] = cfg.aux_loss_weight * self.next_item_loss(hk, ek, mk)
+        return out
+
+    @staticmethod
+    def next_item_loss(h, e, mask):
+        """Positive-only DIEN-style auxiliary loss on the window: state h_t should score the next
+        real item e_{t+1} high (reference §5.1 step 8). A pair counts only when both slots are real
+        (the slot before the first real item is padding, its state carries no history)."""
+        logits = (h[:, :-1] * e[:, 1:]).sum(-1)
+        pair = (mask[:, :-1] & mask[:, 1:]).to(h.dtype)
+        return -(F.logsigmoid(logits) * pair).sum(1).mean()

@@ -1,0 +1,124 @@
+"""Attention blocks shared by the CTR models, each written once.
+
+* ``DINAttention``: DIN's activation unit (MLP over ``[t ; h ; t - h ; t * h]``), raw or softmax weights.
+* ``TargetAttention``: single-head scaled dot-product attention of the target over the history, with
+  ReLU (QIN's ASTA: unnormalised, sparse) or masked-softmax weights, optional output projection +
+  residual to the query. Keys/values are projected by ``project_kv`` and consumed by ``attend``, so a
+  caller can project a history once and add per-candidate terms (DMF's decoupled target attention).
+* ``MaskedTransformerEncoder``: post-LN PyTorch encoder driven by a validity mask, with the reference
+  code's inverted key-padding mask as a switch.
+* ``similarity_buckets`` / ``similarity_histogram``: equal-width discretisation of cosine similarities
+  (DMF's target-aware bucket ids and SimTier-style histogram).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssmrec.nn.layers import MLP, masked_softmax
+
+
+class DINAttention(nn.Module):
+    """FuxiCTR ``DIN_Attention``: ``g_l = MLP([t ; h_l ; t - h_l ; t * h_l])`` (hidden layers with
+    ``act`` and dropout, no BN, linear 1-unit output), ``a_l = g_l * m_l``; with ``softmax`` the masked
+    weights are normalised. Returns ``sum_l a_l h_l``."""
+
+    def __init__(self, dim, hidden=(512, 256), act="relu", dropout=0.0, softmax=False):
+        super().__init__()
+        self.mlp = MLP(4 * dim, list(hidden), 1, act=act, dropout=dropout)
+        self.softmax = softmax
+
+    def forward(self, target, history, mask):
+        b, length, d = history.shape
+        t = target.unsqueeze(1).expand(-1, length, -1)
+        feats = torch.cat([t, history, t - history, t * history], dim=-1)
+        # Flattened to (B*L, 4D): BatchNorm inside Dice normalises over every slot, as FuxiCTR does.
+        scores = self.mlp(feats.reshape(b * length, 4 * d)).view(b, length)
+        weights = masked_softmax(scores, mask) if self.softmax else scores * mask.to(scores.dtype)
+        return torch.einsum("bl,bld->bd", weights, history)
+
+
+class TargetAttention(nn.Module):
+    """One query per row attending over a masked sequence (single head, width ``d_att``).
+
+    ``score_l = (W_q q) . k_l / sqrt(d_att)``; weights ``ReLU(score * m)`` (``norm="relu"``, QIN) or a
+    masked softmax (``norm="softmax"``); optional dropout on the weights; ``out = sum_l w_l v_l``,
+    then ``W_o out + q`` when ``d_out`` is given (``residual``). All leading dimensions of the query
+    broadcast against the keys, so ``query (B, C, dq)`` with keys ``(B, 1 or C, L, d_att)`` scores C
+    candidates at once.
+    """
+
+    def __init__(self, d_query, d_key, d_att, d_out=None, norm="relu", dropout=0.0, bias=False,
+                 residual=True):
+        super().__init__()
+        if norm not in ("relu", "softmax"):
+            raise ValueError(f"attention norm must be relu or softmax, got {norm!r}")
+        self.norm, self.d_att, self.residual = norm, d_att, residual
+        self.q_proj = nn.Linear(d_query, d_att, bias=bias)
+        self.k_proj = nn.Linear(d_key, d_att, bias=bias)
+        self.v_proj = nn.Linear(d_key, d_att, bias=bias)
+        self.out_proj = nn.Linear(d_att, d_out, bias=False) if d_out is not None else None
+        self.dropout = nn.Dropout(dropout)
+
+    def project_kv(self, seq):
+        return self.k_proj(seq), self.v_proj(seq)
+
+    def attend(self, query, k, v, mask):
+        """query (..., dq), k/v (..., L, d_att), mask (..., L) bool -> (..., d_out or d_att)."""
+        q = self.q_proj(query)
+        scores = (q.unsqueeze(-2) @ k.transpose(-1, -2)).squeeze(-2) / math.sqrt(self.d_att)
+        if self.norm == "relu":
+            weights = F.relu(scores * mask.to(scores.dtype))
+        else:
+            weights = masked_softmax(scores, mask)
+        out = (self.dropout(weights).unsqueeze(-2) @ v).squeeze(-2)
+        if self.out_proj is None:
+            return out
+        out = self.out_proj(out)
+        return out + query if self.residual else out
+
+    def forward(self, query, seq, mask):
+        return self.attend(query, *self.project_kv(seq), mask)
+
+
+class MaskedTransformerEncoder(nn.TransformerEncoder):
+    """``num_layers`` post-LN ``TransformerEncoderLayer``s (batch-first, ReLU FFN, no positional
+    encoding) driven by a validity mask (True = real item).
+
+    ``inverted_padding_mask`` reproduces the reference code (momo's Transformer-DCN and the MambaCTR
+    Transformer variant): the validity mask is passed where PyTorch expects True = *ignore*. In both
+    modes a row whose every key is ignored gets its last key back (the reference helper), which in the
+    inverted mode fires on full windows. ``key_padding`` returns the ignore mask actually used.
+    Subclassing keeps the state-dict layout of a plain ``nn.TransformerEncoder``.
+    """
+
+    def __init__(self, d_model, num_heads=1, dim_feedforward=256, dropout=0.2, num_layers=2,
+                 inverted_padding_mask=False):
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward, dropout, batch_first=True)
+        super().__init__(layer, num_layers, enable_nested_tensor=False)
+        self.inverted_padding_mask = inverted_padding_mask
+
+    def key_padding(self, mask):
+        ignore = (mask if self.inverted_padding_mask else ~mask).clone()
+        ignore[ignore.all(dim=1), -1] = False  # a row with every key ignored would give NaN
+        return ignore
+
+    def forward(self, x, mask):
+        return super().forward(x, src_key_padding_mask=self.key_padding(mask))
+
+
+def similarity_buckets(cos: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Equal-width bucket ids ``0..n_buckets-1`` of cosine similarities on [-1, 1] (clamped)."""
+    idx = torch.floor((cos.clamp(-1.0, 1.0) + 1.0) * (n_buckets / 2.0)).long()
+    return idx.clamp_(0, n_buckets - 1)
+
+
+def similarity_histogram(cos: torch.Tensor, mask: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Count of valid history items per equal-width similarity bin on [-1, 1] (SimTier):
+    ``cos (..., L)``, ``mask`` broadcastable to it -> ``(..., n_bins)`` float counts."""
+    onehot = F.one_hot(similarity_buckets(cos, n_bins), n_bins).to(cos.dtype)
+    return (onehot * mask.unsqueeze(-1).to(cos.dtype)).sum(-2)

@@ -1,0 +1,58 @@
+"""Checkpoints: plain dicts of tensors and Python scalars, written atomically (:mod:`ssmrec.io`) and
+read with ``weights_only=True`` (loading never runs code).
+
+A checkpoint is self-contained: weights, the resolved run config, the task's feature map and the
+``artifacts`` (item tables) the model needs, so a model is rebuilt without its training data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssmrec.errors import SsmrecError, one_line
+from ssmrec.io import save_torch_atomic
+
+FORMAT = "ssmrec-checkpoint"
+VERSION = 2
+REQUIRED = ("model", "config", "feature_map")
+
+
+def save_atomic(obj: dict, path) -> None:
+    save_torch_atomic({"format": FORMAT, "version": VERSION, **obj}, path)
+
+
+def load(path, require: tuple[str, ...] = ()) -> dict:
+    """Load a checkpoint safely; every failure is one line naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise SsmrecError(f"{path}: is a directory, expected a checkpoint file (e.g. {path / 'best.pt'})")
+    if not path.is_file():
+        raise SsmrecError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise SsmrecError(f"{path}: checkpoint is empty (0 bytes; a copy or a write that did not finish)")
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or would need code execution
+        msg = str(e)
+        if "Unsupported global" in msg or "GLOBAL" in msg:
+            raise SsmrecError(f"{path}: refused: the file needs arbitrary code to load (not an ssmrec "
+                              f"checkpoint; ssmrec never loads with weights_only=False)") from None
+        why = msg.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        raise SsmrecError(f"{path}: cannot load checkpoint (not a complete torch checkpoint file: "
+                          f"{one_line(why, 120)})") from None
+    if not isinstance(ck, dict):
+        raise SsmrecError(f"{path}: not an ssmrec checkpoint (holds a {type(ck).__name__}, not a dict)")
+    for key in REQUIRED + tuple(require):
+        if key not in ck:
+            hint = " (best.pt holds weights only; --resume needs last.pt)" if key == "optimizer" else ""
+            raise SsmrecError(f"{path}: not a {'resumable' if require else 'ssmrec'} checkpoint "
+                              f"(missing '{key}'){hint}")
+    if not isinstance(ck["config"], dict) or not isinstance(ck["feature_map"], dict):
+        raise SsmrecError(f"{path}: not an ssmrec checkpoint (malformed 'config' / 'feature_map')")
+    return ck
