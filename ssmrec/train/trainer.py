@@ -17,8 +17,9 @@ state.
 
 Distributed: under ``torchrun --nproc-per-node N`` each rank trains on its shard of every epoch's
 permutation with ``batch_size / N`` rows per step (same global batch), gradients are averaged by
-DDP (gloo on CPU, nccl on GPU; BatchNorm becomes SyncBatchNorm on GPU — on CPU torch has no
-SyncBatchNorm, so BatchNorm statistics stay per rank); rank 0 evaluates, checkpoints and logs.
+DDP (gloo on CPU, nccl on GPU); BatchNorm is synchronised over the global batch (torch's SyncBatchNorm
+on GPU, :class:`~ssmrec.nn.sync_batchnorm.GlooSyncBatchNorm` on CPU, where torch has none); rank 0
+evaluates, checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ssmrec.config import RunConfig, from_dict, resume_incompatibilities
 from ssmrec.errors import OutputError, SsmrecError, TrainingDiverged, one_line
 from ssmrec.io import save_figure_atomic, write_text_atomic
 from ssmrec.nn.mamba import prepare_kernels
+from ssmrec.nn.sync_batchnorm import convert_sync_batchnorm
 from ssmrec.tasks import make_task
 from ssmrec.tasks.ctr import evaluate_split as evaluate
 from ssmrec.tasks.ctr import popularity_auc, predict_split
@@ -125,8 +127,7 @@ class Trainer:
         prepare_kernels(self.model, self.device)  # compile outside the timed epochs
         self.ddp = None
         if self.world > 1:
-            if self.device.type == "cuda":
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = convert_sync_batchnorm(self.model, self.device)  # BN over the global batch
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = make_optimizer(self.model, tc)
         self.run_dir = cfg.run_dir

@@ -297,12 +297,15 @@ def test_predict_column_and_zip(tiny_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path):
-    """Same global batch, split over 2 ranks: the same losses and AUC as 1 process (no BN, no dropout)."""
-    params = {**MODELS["din"], "batch_norm": False, "net_dropout": 0.0, "attention_dropout": 0.0}
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path, batch_norm):
+    """Same global batch, split over 2 ranks: the same losses and AUC as 1 process (no dropout; with
+    BatchNorm, its statistics are synchronised over the ranks)."""
+    params = {**MODELS["din"], "batch_norm": batch_norm, "net_dropout": 0.0, "attention_dropout": 0.0}
     results = {}
     for n in (1, 2):
-        d = _cfg(tiny_world, tmp_path / str(n), "din", params=params, epochs=2, max_steps_per_epoch=6)
+        d = _cfg(tiny_world, tmp_path / str(n), "din", params=params, epochs=1 if batch_norm else 2,
+                 max_steps_per_epoch=6)
         cfg = _write(tmp_path / f"c{n}.yaml", d)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                "-m", "ssmrec.cli", "train", "--config", str(cfg)]
@@ -310,9 +313,15 @@ def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         rows = [json.loads(l) for l in (tmp_path / str(n) / "run" / "metrics.jsonl").read_text().splitlines()]
         results[n] = rows
+    # With BatchNorm the sync itself is exact (tests/nn/test_sync_batchnorm.py), but the Linear bias in
+    # front of each BN has a mathematically zero gradient: Adam turns its float noise (which differs
+    # with the reduction order) into full +-lr steps, which reach evaluation through the running mean
+    # and compound over steps; so one epoch, looser tolerances.
+    loss_tol, auc_tol = (1e-4, 2e-3) if batch_norm else (1e-5, 1e-4)
+    assert len(results[1]) == len(results[2]) == (1 if batch_norm else 2)
     for a, b in zip(results[1], results[2]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
-        assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=loss_tol)
+        assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=auc_tol)
 
 
 def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
