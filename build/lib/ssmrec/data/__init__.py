@@ -1,1 +1,0 @@
-"""Data: MM-CTR schema, parquet IO and validation, synthetic worlds."""

@@ -1,1 +1,0 @@
-"""Models: thin compositions of ``ssmrec.nn`` blocks (ctr: click-through-rate models)."""

@@ -1,1 +1,0 @@
-"""Training: trainer loop, metrics, checkpoints."""
