@@ -43,7 +43,7 @@ def load(path, require: tuple[str, ...] = ()) -> dict:
         if "Unsupported global" in msg or "GLOBAL" in msg:
             raise SsmrecError(f"{path}: refused: the file needs arbitrary code to load (not an ssmrec "
                               f"checkpoint; ssmrec never loads with weights_only=False)") from None
-        why = msg.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        why = msg.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].split(". This is")[0]
         raise SsmrecError(f"{path}: cannot load checkpoint (not a complete torch checkpoint file: "
                           f"{one_line(why, 120)})") from None
     if not isinstance(ck, dict):
