@@ -228,7 +228,7 @@ def worker(spec_path, result_path) -> int:
         result.update(
             model=cfg.model, params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             valid_auc=summary["valid_auc"], valid_logloss=summary["valid_logloss"],
-            valid_gauc=summary["valid_gauc"], oracle_auc=summary["oracle_auc"],
+            valid_gauc=summary["valid_gauc"], oracle_auc=summary.get("oracle_auc"),
             popularity_auc=summary["popularity_auc"], epochs_run=summary["epochs"],
             best_epoch=summary["best_epoch"], train_s_per_epoch=sum(epoch_s) / len(epoch_s),
             train_s_per_epoch_min=train_s["min"], train_s_per_epoch_median=train_s["median"],

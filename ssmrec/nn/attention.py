@@ -6,7 +6,7 @@
   residual to the query. Keys/values are projected by ``project_kv`` and consumed by ``attend``, so a
   caller can project a history once and add per-candidate terms (DMF's decoupled target attention).
 * ``MaskedTransformerEncoder``: post-LN PyTorch encoder driven by a validity mask, with the reference
-  code's inverted key-padding mask as a switch.
+  code's inverted key-padding mask and a causal mask (SASRec) as switches.
 * ``similarity_buckets`` / ``similarity_histogram``: equal-width discretisation of cosine similarities
   (DMF's target-aware bucket ids and SimTier-style histogram).
 """
@@ -86,21 +86,25 @@ class TargetAttention(nn.Module):
 
 
 class MaskedTransformerEncoder(nn.TransformerEncoder):
-    """``num_layers`` post-LN ``TransformerEncoderLayer``s (batch-first, ReLU FFN, no positional
-    encoding) driven by a validity mask (True = real item).
+    """``num_layers`` post-LN ``TransformerEncoderLayer``s (batch-first, no positional encoding) driven
+    by a validity mask (True = real item).
 
     ``inverted_padding_mask`` reproduces the reference code (momo's Transformer-DCN and the MambaCTR
     Transformer variant): the validity mask is passed where PyTorch expects True = *ignore*. In both
     modes a row whose every key is ignored gets its last key back (the reference helper), which in the
     inverted mode fires on full windows. ``key_padding`` returns the ignore mask actually used.
-    Subclassing keeps the state-dict layout of a plain ``nn.TransformerEncoder``.
+    ``causal`` adds a causal attention mask (SASRec: position t sees positions <= t); ``activation``
+    and ``layer_norm_eps`` cover RecBole's SASRec (GELU, 1e-12). Subclassing keeps the state-dict
+    layout of a plain ``nn.TransformerEncoder``.
     """
 
     def __init__(self, d_model, num_heads=1, dim_feedforward=256, dropout=0.2, num_layers=2,
-                 inverted_padding_mask=False):
-        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward, dropout, batch_first=True)
+                 inverted_padding_mask=False, causal=False, activation="relu", layer_norm_eps=1e-5):
+        layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward, dropout, activation=activation,
+                                           layer_norm_eps=layer_norm_eps, batch_first=True)
         super().__init__(layer, num_layers, enable_nested_tensor=False)
         self.inverted_padding_mask = inverted_padding_mask
+        self.causal = causal
 
     def key_padding(self, mask):
         ignore = (mask if self.inverted_padding_mask else ~mask).clone()
@@ -108,7 +112,13 @@ class MaskedTransformerEncoder(nn.TransformerEncoder):
         return ignore
 
     def forward(self, x, mask):
-        return super().forward(x, src_key_padding_mask=self.key_padding(mask))
+        if not self.causal:
+            return super().forward(x, src_key_padding_mask=self.key_padding(mask))
+        # Right-padded sequences (real items first): under the causal mask a real position only sees
+        # earlier real positions, so no key-padding mask is needed (padded rows are never read).
+        L = x.shape[1]
+        causal = torch.triu(torch.full((L, L), float("-inf"), device=x.device, dtype=x.dtype), diagonal=1)
+        return super().forward(x, mask=causal, is_causal=True)
 
 
 def similarity_buckets(cos: torch.Tensor, n_buckets: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Reusable CTR blocks, each written once: MLP, Dice, quadratic network (QNN), DCN-V2 cross network,
-attentional GRU, residual GELU head, masked pooling/softmax and FuxiCTR-style initialisation."""
+"""Reusable blocks, each written once: MLP, Dice, quadratic network (QNN), DCN-V2 cross network,
+attentional GRU, residual GELU head, position-wise feed-forward, masked pooling/softmax, and the
+FuxiCTR and RecBole initialisations."""
 
 from __future__ import annotations
 
@@ -179,3 +180,35 @@ def fuxictr_init(module: nn.Module, embedding_std: float = 1e-4) -> None:
             if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
+
+
+class PositionwiseFeedForward(nn.Module):
+    """``LN(x + Dropout(W2 Dropout(act(W1 x))))`` (Transformer / Mamba4Rec FFN; ``layer_norm=False``
+    drops the LayerNorm, ``residual`` is always on as in Mamba4Rec)."""
+
+    def __init__(self, d_model: int, inner: int, dropout: float = 0.0, act: str = "gelu",
+                 layer_norm: bool = True, eps: float = 1e-12):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(d_model, inner), nn.Linear(inner, d_model)
+        self.act = activation(act, inner)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model, eps=eps) if layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.w2(self.dropout(self.act(self.w1(x))))))
+
+
+def recbole_init(module: nn.Module, std: float = 0.02) -> None:
+    """RecBole's ``_init_weights``: every Linear and Embedding weight N(0, std^2) (including the
+    embedding's padding row and the Linear layers *inside* Mamba blocks, so ``dt_proj.bias`` becomes
+    0 and the special dt init is lost — the reference behaviour of Mamba4Rec, reference doc §7.1),
+    Linear biases 0, LayerNorm (1, 0). ``A_log``, ``D`` and the conv keep their own init."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)

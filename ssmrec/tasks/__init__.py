@@ -12,7 +12,7 @@ import importlib
 
 from ssmrec.errors import ConfigError
 
-TASK_CLASSES = {"ctr": "ssmrec.tasks.ctr:CTRTask"}
+TASK_CLASSES = {"ctr": "ssmrec.tasks.ctr:CTRTask", "next_item": "ssmrec.tasks.next_item:NextItemTask"}
 
 
 def task_class(name: str):

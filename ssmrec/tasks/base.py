@@ -88,8 +88,9 @@ class Task(ABC):
     def evaluate(self, model, split: str, batch_size: int, device, progress: bool = False) -> dict:
         """Metrics of ``model`` on ``split`` (a dict with every name of ``metric_names`` it can compute)."""
 
-    def summary_extras(self) -> dict:
-        """Reference numbers for the run summary (baselines, oracle)."""
+    def summary_extras(self, model=None, device="cpu") -> dict:
+        """Reference numbers for the run summary (baselines, oracle), and metrics of the final
+        ``model`` on held-out data where the task has them (e.g. next-item test metrics)."""
         return {}
 
     def plot_keys(self) -> tuple[str, list[str]]:

@@ -155,7 +155,7 @@ class CTRTask(Task):
             raise SsmrecError(f"{self.data.root / (split + '.parquet')}: no 'label' column, cannot evaluate")
         return evaluate_split(model, s, batch_size, device, self.truth.get(split), progress)
 
-    def summary_extras(self) -> dict:
+    def summary_extras(self, model=None, device="cpu") -> dict:
         return {"popularity_auc": popularity_auc(self.data)}
 
     def plot_keys(self):

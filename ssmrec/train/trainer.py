@@ -92,8 +92,8 @@ def plot_curves(history: list[dict], path: Path, metric: str = "auc", losses: tu
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(ep, [h.get(f"valid_{metric}") for h in history], "o-", label=f"valid {metric}")
-    if history and history[0].get("oracle_auc") is not None and metric == "auc":
-        axes[0].axhline(history[0]["oracle_auc"], ls="--", c="gray", label="oracle AUC")
+    if history and history[0].get(f"oracle_{metric}") is not None:
+        axes[0].axhline(history[0][f"oracle_{metric}"], ls="--", c="gray", label=f"oracle {metric}")
     axes[0].set_xlabel("epoch"), axes[0].legend(), axes[0].set_title(metric)
     axes[1].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
     for name in losses:
@@ -350,9 +350,8 @@ class Trainer:
                 m = self.task.evaluate(self.model, "valid", tc.eval_batch_size, self.device)
                 record = {"epoch": epoch + 1, "train_loss": losses.get(self._primary(), float("nan"))}
                 record.update({f"train_{k}": v for k, v in losses.items() if k != self._primary()})
-                record.update({f"valid_{k}": v for k, v in m.items() if k != "infer_ms_per_1k" and k != "oracle_auc"})
-                record.update({"oracle_auc": m.get("oracle_auc"), "lr": st["lr"], "train_s": epoch_seconds,
-                               "infer_ms_per_1k": m.get("infer_ms_per_1k")})
+                record.update(_split_metrics(m, "valid"))
+                record.update({"lr": st["lr"], "train_s": epoch_seconds})
                 self.history.append(record)
                 value = m.get(self.monitor)
                 if self._improved(value):
@@ -398,17 +397,21 @@ class Trainer:
                        "run_id": self.state["run_id"], "best_epoch": self.state["best_epoch"],
                        "weights": "best" if best_loaded else "last (the monitor never improved)",
                        "epochs": len(self.history), "monitor": f"{self.mode} {self.monitor}"}
-            summary.update({f"valid_{k}": v for k, v in m.items() if k not in ("infer_ms_per_1k", "oracle_auc")})
-            summary["oracle_auc"] = m.get("oracle_auc")
-            summary.update(self.task.summary_extras())
+            summary.update(_split_metrics(m, "valid"))
+            summary.update(self.task.summary_extras(self.model, self.device))
             summary.update({"train_s_per_epoch": float(np.mean(epochs)) if epochs else None,
-                            "infer_ms_per_1k": m.get("infer_ms_per_1k"),
                             "params": sum(p.numel() for p in self.model.parameters()),
                             "world_size": self.world})
             from ssmrec.io import write_json_atomic
 
             write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _split_metrics(m: dict, split: str) -> dict:
+    """``valid_<metric>`` for quality metrics; references (``oracle_*``) and timings (``infer_*``) keep
+    their names."""
+    return {(k if k.startswith(("oracle", "infer")) else f"{split}_{k}"): v for k, v in m.items()}
 
 
 def _lookup(d: dict, dotted: str):

@@ -1,0 +1,96 @@
+"""Mamba4Rec (reference doc §7.1; Liu et al., "Mamba4Rec", §3): item embedding -> dropout ->
+LayerNorm -> Mamba layers (Mamba block, dropout, LayerNorm, residual only when stacked, then a
+position-wise FFN with residual) -> the state at each position; scores against the item table.
+
+Defaults are the reference code (which produced the published numbers), including its init quirks:
+RecBole's N(0, 0.02²) init reaches the Linear layers inside the Mamba block, so ``dt_proj.bias`` is
+zeroed and the special dt init is lost, and the embedding's padding row is randomised (it then stays
+fixed). The paper's ablations are switches: ``block_only`` (Mamba block only: no dropout / LayerNorm /
+FFN), ``num_layers: 2``, ``position_embedding``, ``ffn: false``, ``layer_norm: false``; ``block:
+mamba2`` swaps in a Mamba-2 block (ours), ``init: mamba`` keeps the blocks' own init.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from ssmrec.models.seq.base import SeqRecModel
+from ssmrec.nn.layers import PositionwiseFeedForward, recbole_init
+from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
+from ssmrec.params import Bool, PosInt, Rate, config_dataclass
+from ssmrec.registry import register
+
+LN_EPS = 1e-12
+
+
+@config_dataclass
+class Mamba4RecConfig:
+    hidden_size: PosInt = 64
+    num_layers: PosInt = 1
+    dropout: Rate = 0.2  # 0.2 MovieLens, 0.4 Amazon (paper §4.1)
+    d_state: PosInt = 32
+    d_conv: PosInt = 4
+    expand: PosInt = 2
+    block: Literal["mamba1", "mamba2"] = "mamba1"
+    headdim: PosInt = 32  # mamba2 only
+    scan_impl: Literal[SCAN_IMPLS] = "auto"  # type: ignore[valid-type]
+    ffn: Bool = True
+    layer_norm: Bool = True
+    position_embedding: Bool = False  # the paper found PE hurts
+    block_only: Bool = False  # ablation "Mamba block only"
+    max_len: PosInt = 200  # size of the position table (position_embedding only)
+    init: Literal["recbole", "mamba"] = "recbole"
+
+    def __post_init__(self):
+        if self.block == "mamba2" and (self.expand * self.hidden_size) % self.headdim:
+            raise ValueError(f"model_params.headdim ({self.headdim}) must divide the Mamba-2 inner width "
+                             f"{self.expand * self.hidden_size}")
+
+
+class Mamba4RecLayer(nn.Module):
+    def __init__(self, cfg: Mamba4RecConfig, residual: bool):
+        super().__init__()
+        d = cfg.hidden_size
+        kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_impl=cfg.scan_impl)
+        self.mamba = Mamba2(d, headdim=cfg.headdim, **kw) if cfg.block == "mamba2" else Mamba(d, **kw)
+        self.block_only = cfg.block_only
+        self.residual = residual
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm else nn.Identity()
+        self.ffn = (PositionwiseFeedForward(d, 4 * d, cfg.dropout, "gelu", cfg.layer_norm, LN_EPS)
+                    if cfg.ffn and not cfg.block_only else None)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        m = self.mamba(h)
+        if self.block_only:
+            return m
+        h = self.norm(self.dropout(m) + h) if self.residual else self.norm(self.dropout(m))
+        return self.ffn(h) if self.ffn is not None else h
+
+
+@register("next_item", "mamba4rec", Mamba4RecConfig)
+class Mamba4Rec(SeqRecModel):
+    def __init__(self, cfg: Mamba4RecConfig, n_items: int):
+        super().__init__(n_items, cfg.hidden_size)
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.position_table = nn.Embedding(cfg.max_len, d) if cfg.position_embedding else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm and not cfg.block_only else nn.Identity()
+        self.layers = nn.ModuleList(Mamba4RecLayer(cfg, residual=cfg.num_layers > 1) for _ in range(cfg.num_layers))
+        if cfg.init == "recbole":
+            recbole_init(self)
+
+    def encode(self, batch) -> torch.Tensor:
+        h = self.item_table(batch.item_seq)
+        if self.position_table is not None:
+            pos = torch.arange(h.shape[1], device=h.device).clamp_max(self.cfg.max_len - 1)
+            h = h + self.position_table(pos)
+        if not self.cfg.block_only:
+            h = self.norm(self.dropout(h))
+        for layer in self.layers:
+            h = layer(h)
+        return h

@@ -1,0 +1,307 @@
+"""Sequential next-item recommendation (Mamba4Rec's protocol, reference doc §7.2).
+
+Split: leave-one-out per user (last item = test, second-last = valid, the rest = train; users with
+fewer than 3 items are left out). Histories are the newest ``max_len`` items, **right-padded** (real
+items first), so a causal model's state at position ``len - 1`` is the user's state.
+
+Training samples (``data.train_mode``):
+
+* ``all_positions`` — one sample per user: the training sequence minus its last item as input, the
+  sequence shifted by one as targets, the loss at every real position. A causal model computes every
+  prefix once.
+* ``prefixes`` — RecBole's augmentation, what the paper ran: every prefix of a training sequence is a
+  sample predicting its next item (about L times more encoder work for the same (prefix, next) pairs).
+
+Loss: full-softmax cross-entropy over every item id (RecBole's "CE"; the padding id is a class, as
+there). Evaluation: full ranking over all items, the padding id excluded, history items *not*
+excluded unless ``data.mask_seen`` (then every history item but the target is), HR / NDCG / MRR @ each
+``k`` in ``data.ks``. **Ties are ranked pessimistically**: an item scoring exactly the target's score
+counts as ranked ahead of it. Everything is batched; no per-user Python loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from ssmrec.errors import SsmrecError
+from ssmrec.params import STRICT, Bool, NonNegInt, PosInt
+from ssmrec.tasks.base import Task
+
+SYNTH_PREFIX = "synth"
+
+
+class NextItemDataConfig(BaseModel):
+    model_config = STRICT
+
+    source: str = "synth-tiny"  # synth-tiny | synth-default | a dataset folder or file (ssmrec.data.seq)
+    max_len: PosInt = 50  # 50 for Amazon, 200 for MovieLens (Mamba4Rec)
+    min_user: NonNegInt = 5  # iterative k-core filtering (0 = off)
+    min_item: NonNegInt = 5
+    train_mode: Literal["all_positions", "prefixes"] = "all_positions"
+    mask_seen: Bool = False
+    ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    seed: NonNegInt = 0  # the synthetic world's seed
+
+
+@dataclass
+class SeqBatch:
+    """Right-padded histories. ``target`` is ``(B, L)`` (all_positions: the next item at every
+    position, 0 = no target) or ``(B,)`` (one next item per row); ``None`` when only scoring."""
+
+    item_seq: torch.Tensor  # (B, L) int64, real items first, 0 = padding
+    lengths: torch.Tensor  # (B,) int64, >= 1
+    target: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.item_seq.shape[0])
+
+    def to(self, device, non_blocking: bool = True) -> "SeqBatch":
+        return SeqBatch(**{f.name: (None if getattr(self, f.name) is None
+                                    else getattr(self, f.name).to(device, non_blocking=non_blocking))
+                           for f in fields(self)})
+
+    def replace(self, **changes) -> "SeqBatch":
+        return replace(self, **changes)
+
+
+def windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The newest ``min(end - start, L)`` items of each ``items[start:end]``, right-padded to ``L``
+    (vectorised gather). Returns ``(seq (N, L), lengths (N,))``."""
+    n = np.minimum(ends - starts, L)
+    first = ends - n
+    cols = np.arange(L)[None, :]
+    valid = cols < n[:, None]
+    pos = np.where(valid, first[:, None] + cols, 0)
+    seq = np.where(valid, items[pos] if len(items) else 0, 0)
+    return seq.astype(np.int64), n.astype(np.int64)
+
+
+def rank_of_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1-based rank of ``target`` in each row of ``scores``, ties counted pessimistically."""
+    t = scores.gather(1, target.view(-1, 1))
+    return (scores >= t).sum(1)
+
+
+def ranking_metrics(rank: torch.Tensor, ks) -> dict[str, torch.Tensor]:
+    """Per-user HR / NDCG / MRR @ k from 1-based ranks (sums over users are taken by the caller)."""
+    out = {}
+    r = rank.double()
+    for k in ks:
+        hit = (rank <= k).double()
+        out[f"hr@{k}"] = hit
+        out[f"ndcg@{k}"] = hit / torch.log2(r + 1.0)
+        out[f"mrr@{k}"] = hit / r
+    return out
+
+
+@dataclass
+class SeqSplitData:
+    name: str
+    n_items: int  # including the padding id 0
+    offsets: np.ndarray  # CSR over the users kept (>= 3 items)
+    items: np.ndarray
+    P: np.ndarray | None = None  # the synthetic world's true transition matrix
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    def bounds(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(history start, history end, target index) of every user for ``valid`` / ``test``."""
+        start, end = self.offsets[:-1], self.offsets[1:]
+        cut = {"valid": end - 2, "test": end - 1}[split]
+        return start, cut, cut
+
+
+def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
+    if cfg.source.startswith(SYNTH_PREFIX):
+        from ssmrec.data.seq_synth import PRESETS, synth_sequences
+
+        preset = cfg.source[len(SYNTH_PREFIX):].lstrip("-") or "default"
+        if preset not in PRESETS:
+            raise SsmrecError(f"data.source: unknown synthetic preset '{cfg.source}' "
+                              f"(choose from {', '.join('synth-' + p for p in PRESETS)}, or a dataset path)")
+        offsets, items, P = synth_sequences(PRESETS[preset], cfg.seed)
+        name, n_items = cfg.source, PRESETS[preset].n_items + 1
+    else:
+        from ssmrec.data.seq import load_seq_dataset
+
+        ds = load_seq_dataset(Path(cfg.source), min_user=cfg.min_user, min_item=cfg.min_item)
+        offsets, items, P, name, n_items = ds.offsets, ds.items, None, ds.name, ds.n_items
+    lengths = np.diff(offsets)
+    keep = lengths >= 3
+    if not keep.all():  # users too short for leave-one-out (none after 5-core filtering)
+        starts = offsets[:-1][keep]
+        lengths = lengths[keep]
+        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+        items = items[idx]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if len(offsets) < 2:
+        raise SsmrecError(f"data.source {cfg.source}: no user has the 3 interactions leave-one-out needs")
+    return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P)
+
+
+class NextItemTask(Task):
+    name = "next_item"
+    DataConfig = NextItemDataConfig
+    monitor = ("ndcg@10", "max")
+    metric_names = tuple(f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg", "mrr"))
+    higher_is_better = frozenset(metric_names)
+    primary_loss = "ce"
+
+    def __init__(self, cfg, data: SeqSplitData | None = None):
+        super().__init__(cfg)
+        self.data = data
+        self._samples = None
+
+    @classmethod
+    def check_config(cls, cfg, source: str) -> None:
+        from ssmrec.errors import ConfigError
+
+        mon = cfg.train.monitor
+        allowed = tuple(f"{m}@{k}" for k in cfg.data.ks for m in ("hr", "ndcg", "mrr"))
+        if mon is not None and mon not in allowed:
+            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(allowed)} for task "
+                              f"'next_item' (data.ks = {cfg.data.ks}), got {mon!r}")
+        if mon is None and 10 not in cfg.data.ks:
+            raise ConfigError(f"{source}: data.ks must contain 10 (the default monitor is ndcg@10) or set "
+                              f"train.monitor, got ks = {cfg.data.ks}")
+        model_len = cfg.model_params.get("max_len")
+        if model_len is not None and model_len < cfg.data.max_len:
+            raise ConfigError(f"{source}: model_params.max_len ({model_len}) must be >= data.max_len "
+                              f"({cfg.data.max_len})")
+
+    # ------------------------------------------------------------------ data module
+    def setup(self, splits=("train", "valid")) -> None:
+        if self.data is None:
+            self.data = load_split_data(self.cfg.data)
+        d, L = self.data, self.cfg.data.max_len
+        start, end = d.offsets[:-1], d.offsets[1:]
+        train_end = end - 2  # the training sequence of each user: [start, end - 2)
+        if self.cfg.data.train_mode == "all_positions":
+            users = np.flatnonzero(train_end - start >= 2)
+            self._samples = ("all_positions", start[users], train_end[users])
+        else:  # one sample per prefix [start, start + t), t = 1 .. n_train - 1
+            n = np.maximum(train_end - start - 1, 0)
+            users = np.repeat(np.arange(d.n_users), n)
+            t = np.arange(n.sum()) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n) + 1
+            self._samples = ("prefixes", start[users], start[users] + t)
+        self._L = L
+
+    def feature_map(self) -> dict:
+        return {"n_items": self.data.n_items, "n_users": self.data.n_users, "max_len": self.cfg.data.max_len,
+                "dataset": self.data.name}
+
+    def artifacts(self) -> dict:
+        return {}
+
+    def check_feature_map(self, fm: dict, source) -> None:
+        for key in ("n_items", "max_len"):
+            if fm.get(key) != self.feature_map()[key]:
+                raise SsmrecError(f"{source}: checkpoint was trained with {key}={fm.get(key)}, but "
+                                  f"{self.data.name} has {key}={self.feature_map()[key]}")
+
+    def num_train_samples(self) -> int:
+        return len(self._samples[1])
+
+    def train_batch(self, idx: torch.Tensor) -> SeqBatch:
+        mode, starts, ends = self._samples
+        i = idx.numpy()
+        items = self.data.items
+        if mode == "all_positions":
+            seq, n = windows(items, starts[i], ends[i] - 1, self._L)
+            tgt, _ = windows(items, starts[i] + 1, ends[i], self._L)
+            width = int(n.max())  # trim the batch to its longest sequence
+            return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n),
+                            torch.from_numpy(tgt[:, :width]))
+        seq, n = windows(items, starts[i], ends[i], self._L)
+        width = int(n.max())
+        return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n), torch.from_numpy(items[ends[i]]))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[SeqBatch]:
+        start, end, target = self.data.bounds(split)
+        for a in range(0, len(start), batch_size):
+            sl = slice(a, a + batch_size)
+            seq, n = windows(self.data.items, start[sl], end[sl], self._L)
+            yield SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n),
+                           torch.from_numpy(self.data.items[target[sl]]))
+
+    # ------------------------------------------------------------------ model, loss, metrics
+    def build_model(self, artifacts=None, feature_map=None):
+        from ssmrec.registry import get_model
+
+        n_items = int(feature_map["n_items"]) if feature_map else self.data.n_items
+        spec = get_model("next_item", self.cfg.model)
+        return spec.cls(spec.config(self.cfg.model_params), n_items)
+
+    def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(model_out["logits"], model_out["labels"])
+        return {"ce": ce, "loss": ce}
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str = "valid", batch_size: int = 4096, device="cpu", progress=False) -> dict:
+        model.eval()
+        ks = self.cfg.data.ks
+        sums: dict[str, float] = {}
+        n, t0 = 0, time.perf_counter()
+        for batch in self.eval_batches(split, batch_size):
+            batch = batch.to(device)
+            scores = model(batch.replace(target=None))["logits"]
+            scores[:, 0] = float("-inf")
+            if self.cfg.data.mask_seen:
+                seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, batch.item_seq, True)
+                seen[:, 0] = False
+                seen.scatter_(1, batch.target.view(-1, 1), False)  # a repeat of the target stays rankable
+                scores = scores.masked_fill(seen, float("-inf"))
+            for k, v in ranking_metrics(rank_of_target(scores, batch.target), ks).items():
+                sums[k] = sums.get(k, 0.0) + float(v.sum())
+            n += len(batch)
+        m = {k: v / max(n, 1) for k, v in sums.items()}
+        m["infer_ms_per_4096_users"] = 1000.0 * (time.perf_counter() - t0) / max(n, 1) * 4096
+        if self.data.P is not None:
+            m["oracle_ndcg@10"] = self.oracle(split)["ndcg@10"]
+        return m
+
+    def oracle(self, split: str) -> dict:
+        """Metrics of the true next-item distribution (synthetic worlds only)."""
+        start, end, target = self.data.bounds(split)
+        last = self.data.items[end - 1]
+        scores = torch.from_numpy(self.data.P[last])
+        scores[:, 0] = float("-inf")
+        rank = rank_of_target(scores, torch.from_numpy(self.data.items[target]))
+        return {k: float(v.mean()) for k, v in ranking_metrics(rank, self.cfg.data.ks).items()}
+
+    def summary_extras(self, model=None, device="cpu") -> dict:
+        """Test metrics of the final (best) weights, and the oracle / popularity references."""
+        out = {}
+        if model is not None:
+            test = self.evaluate(model, "test", self.cfg.train.eval_batch_size, device)
+            out.update({f"test_{k}": v for k, v in test.items() if "@" in k and not k.startswith("oracle")})
+        out["popularity_ndcg@10_test"] = self.popularity("test")["ndcg@10"]
+        if self.data.P is not None:
+            out["oracle_ndcg@10_test"] = self.oracle("test")["ndcg@10"]
+        return out
+
+    def popularity(self, split: str) -> dict:
+        """A non-personalised baseline: items ranked by their count in the training sequences."""
+        start, end, target = self.data.bounds(split)
+        d = self.data
+        train_mask = np.ones(len(d.items), dtype=bool)
+        train_mask[d.offsets[1:] - 1] = False
+        train_mask[d.offsets[1:] - 2] = False
+        counts = np.bincount(d.items[train_mask], minlength=d.n_items).astype(np.float64)
+        counts[0] = -np.inf
+        scores = torch.from_numpy(np.broadcast_to(counts, (len(target), d.n_items)).copy())
+        rank = rank_of_target(scores, torch.from_numpy(d.items[target]))
+        return {k: float(v.mean()) for k, v in ranking_metrics(rank, self.cfg.data.ks).items()}
+
+    def plot_keys(self):
+        return "ndcg@10", []
