@@ -1,0 +1,131 @@
+"""Next-item task and models: metrics on hand-computed rankings, windowing, the two training modes
+giving the same loss on the same pairs, causality / padding invariance of every model, Mamba4Rec's
+reference parameter count and init quirks, learning on the synthetic world."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssmrec.config import from_dict
+from ssmrec.tasks.next_item import (NextItemTask, SeqBatch, SeqSplitData, rank_of_target, ranking_metrics,
+                                    windows)
+
+SMALL = {"mamba4rec": {"hidden_size": 16, "d_state": 8, "dropout": 0.0},
+         "sasrec": {"hidden_size": 16, "inner_size": 32, "dropout": 0.0},
+         "gru4rec": {"embedding_size": 16, "hidden_size": 24, "dropout": 0.0}}
+
+
+def _cfg(model="mamba4rec", mode="all_positions", **data):
+    d = {"task": "next_item", "model": model, "model_params": SMALL[model],
+         "data": {"source": "synth-tiny", "max_len": 20, "train_mode": mode, **data},
+         "train": {"batch_size": 64, "progress": False}}
+    return from_dict(d)
+
+
+def test_metrics_on_a_hand_computed_ranking():
+    scores = torch.tensor([[-9.0, 0.5, 0.9, 0.1, 0.7],   # target 4 (0.7): rank 2
+                           [-9.0, 0.2, 0.2, 0.2, 0.1],   # target 2 ties with 1 and 3: pessimistic rank 3
+                           [-9.0, 0.0, 0.1, 0.2, 0.3]])  # target 1: rank 4 (the padding column scores lowest)
+    rank = rank_of_target(scores, torch.tensor([4, 2, 1]))
+    assert rank.tolist() == [2, 3, 4]
+    m = {k: v.tolist() for k, v in ranking_metrics(rank, [1, 3]).items()}
+    assert m["hr@1"] == [0, 0, 0] and m["hr@3"] == [1, 1, 0]
+    assert m["ndcg@3"] == pytest.approx([1 / math.log2(3), 1 / math.log2(4), 0])
+    assert m["mrr@3"] == pytest.approx([1 / 2, 1 / 3, 0])
+
+
+def test_windows_keep_the_newest_items_right_padded():
+    items = np.arange(1, 11)
+    seq, n = windows(items, np.array([0, 2, 5]), np.array([3, 9, 5]), 4)
+    assert n.tolist() == [3, 4, 0]
+    assert seq.tolist() == [[1, 2, 3, 0], [6, 7, 8, 9], [0, 0, 0, 0]]
+
+
+def _toy_task(mode, model="mamba4rec"):
+    # 3 users; sequences short enough (<= max_len + 1) that both modes see exactly the same pairs.
+    offsets = np.array([0, 7, 12, 20])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 3, 5, 7, 9, 2, 8, 6, 4, 2, 9, 7, 5, 3])
+    task = NextItemTask(_cfg(model, mode), SeqSplitData("toy", 10, offsets, items))
+    task.setup()
+    return task
+
+
+@pytest.mark.parametrize("model", list(SMALL))
+def test_all_positions_and_prefixes_give_the_same_loss_on_the_same_pairs(model):
+    a, p = _toy_task("all_positions", model), _toy_task("prefixes", model)
+    assert a.num_train_samples() == 3 and p.num_train_samples() == (5 - 1) + (3 - 1) + (6 - 1)
+    torch.manual_seed(0)
+    net = a.build_model().eval()
+    with torch.no_grad():
+        ba = a.train_batch(torch.arange(a.num_train_samples()))
+        la = a.loss(net(ba), ba)["loss"]
+        bp = p.train_batch(torch.arange(p.num_train_samples()))
+        lp = p.loss(net(bp), bp)["loss"]
+    assert int((ba.target > 0).sum()) == len(bp) == 11
+    torch.testing.assert_close(la, lp, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", list(SMALL))
+def test_models_are_causal_and_ignore_trailing_padding(model):
+    task = _toy_task("all_positions", model)
+    torch.manual_seed(0)
+    net = task.build_model().eval()
+    seq = torch.tensor([[3, 5, 7, 9, 2, 0, 0], [3, 5, 7, 1, 1, 4, 8]])
+    with torch.no_grad():
+        h = net.encode(SeqBatch(seq, torch.tensor([5, 7])))
+        h_short = net.encode(SeqBatch(seq[:1, :5], torch.tensor([5])))
+    torch.testing.assert_close(h[0, :3], h[1, :3], atol=1e-5, rtol=1e-5)  # same prefix, later items differ
+    torch.testing.assert_close(h[0, :5], h_short[0], atol=1e-5, rtol=1e-5)  # trailing padding is inert
+
+
+def test_mamba4rec_reference_size_and_init_quirks():
+    from ssmrec.models.seq.mamba4rec import Mamba4Rec, Mamba4RecConfig
+
+    m = Mamba4Rec(Mamba4RecConfig(), n_items=101)
+    per_layer = sum(p.numel() for p in m.layers[0].parameters())
+    assert per_layer == 72_128  # reference doc §7.1: Mamba 38,784 + FFN 33,088 + 2 LayerNorms 256
+    assert sum(p.numel() for p in m.layers[0].mamba.parameters()) == 38_784
+    assert torch.count_nonzero(m.layers[0].mamba.dt_proj.bias) == 0  # RecBole init zeroes it
+    assert m.item_table.weight[0].abs().sum() > 0  # and randomises the padding row
+    kept = Mamba4Rec(Mamba4RecConfig(init="mamba"), n_items=101)
+    assert torch.count_nonzero(kept.layers[0].mamba.dt_proj.bias) > 0
+
+
+@pytest.mark.parametrize("switch,check", [
+    ({"block_only": True}, lambda m: m.layers[0].ffn is None and isinstance(m.norm, torch.nn.Identity)),
+    ({"ffn": False}, lambda m: m.layers[0].ffn is None),
+    ({"layer_norm": False}, lambda m: isinstance(m.layers[0].norm, torch.nn.Identity)),
+    ({"num_layers": 2}, lambda m: len(m.layers) == 2 and m.layers[0].residual),
+    ({"position_embedding": True}, lambda m: m.position_table is not None),
+    ({"block": "mamba2", "headdim": 16}, lambda m: type(m.layers[0].mamba).__name__ == "Mamba2"),
+])
+def test_mamba4rec_ablation_switches_build_and_run(switch, check):
+    from ssmrec.models.seq.mamba4rec import Mamba4Rec, Mamba4RecConfig
+
+    m = Mamba4Rec(Mamba4RecConfig(hidden_size=16, d_state=8, **switch), n_items=30)
+    assert check(m)
+    out = m(SeqBatch(torch.tensor([[1, 2, 3, 0]]), torch.tensor([3]), torch.tensor([4])))
+    assert out["logits"].shape == (1, 30) and torch.isfinite(out["logits"]).all()
+
+
+def test_mask_seen_excludes_history_but_not_a_repeated_target():
+    task = _toy_task("all_positions")
+    task.cfg.data.mask_seen = True
+    torch.manual_seed(0)
+    net = task.build_model()
+    m = task.evaluate(net, "test", 2)
+    assert set(m) >= {"hr@10", "ndcg@10", "mrr@10"} and 0 <= m["hr@10"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mamba4rec", "sasrec"])
+def test_learns_the_synthetic_world(tmp_path, model):
+    from ssmrec.train.trainer import Trainer
+
+    cfg = _cfg(model)
+    cfg.out_dir, cfg.train.epochs, cfg.train.lr = str(tmp_path), 4, 3e-3
+    s = Trainer(cfg).fit()
+    assert s["test_ndcg@10"] > s["popularity_ndcg@10_test"] + 0.05, s
+    assert s["test_ndcg@10"] < s["oracle_ndcg@10_test"] + 0.02, s
