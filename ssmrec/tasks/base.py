@@ -66,6 +66,11 @@ class Task(ABC):
     @abstractmethod
     def num_train_samples(self) -> int: ...
 
+    def arrange_epoch(self, order: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
+        """Reorder an epoch's shuffled sample indices before they are cut into batches of
+        ``batch_size`` (default: unchanged). Must be a pure function of its arguments (resume)."""
+        return order
+
     @abstractmethod
     def train_batch(self, idx: torch.Tensor):
         """The typed batch of training samples ``idx``."""

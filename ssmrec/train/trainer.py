@@ -211,8 +211,8 @@ class Trainer:
         from tqdm import tqdm
 
         tc, st = self.cfg.train, self.state
-        order = self._epoch_order(epoch)
         local_bs = max(1, tc.batch_size // self.world)
+        order = self.task.arrange_epoch(self._epoch_order(epoch), local_bs, tc.seed * 1000 + epoch)
         if tc.drop_last:
             n_steps = max(len(order) // local_bs, 1)
         else:
