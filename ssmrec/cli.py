@@ -85,10 +85,30 @@ def _load_for_scoring(args):
     return load_trained(args.checkpoint, args.data, splits=(args.split,))
 
 
+def _evaluate_other_task(args, task_name: str) -> int:
+    """Tasks other than CTR: rebuild the model from the checkpoint, load the task's data (the folder the
+    run used, or --data) and print the task's metrics on --split."""
+    from ssmrec.train.trainer import load_model
+
+    if args.split not in ("valid", "test"):
+        raise SsmrecError(f"--split must be one of valid, test for task '{task_name}', got {args.split!r}")
+    model, cfg, task, ck = load_model(args.checkpoint)
+    if args.data:
+        cfg.data.source = str(args.data)
+    task.setup(("valid", "test"))
+    task.check_feature_map(ck["feature_map"], args.checkpoint)
+    _print_summary({"split": args.split, **task.evaluate(model, args.split, cfg.train.eval_batch_size)})
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from ssmrec.data.mmctr import read_truth
     from ssmrec.tasks.ctr import evaluate_split
+    from ssmrec.train import checkpoint
 
+    task_name = checkpoint.load(args.checkpoint).get("config", {}).get("task", "ctr")
+    if task_name != "ctr":
+        return _evaluate_other_task(args, task_name)
     model, cfg, data = _load_for_scoring(args)
     if args.split not in data.splits:
         raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
@@ -214,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace an earlier run in the same folder (its checkpoints and metrics are deleted)")
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="AUC / logloss / gAUC of a checkpoint on a labelled split")
+    ev = sub.add_parser("evaluate", help="metrics of a checkpoint on a split (CTR: AUC / logloss / gAUC; next_item: HR / NDCG / MRR)")
     ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", help="MM-CTR directory (default: the one the model was trained on)")
+    ev.add_argument("--data", help="data folder (default: the one the model was trained on)")
     ev.add_argument("--split", default="valid")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -129,3 +129,45 @@ def test_learns_the_synthetic_world(tmp_path, model):
     s = Trainer(cfg).fit()
     assert s["test_ndcg@10"] > s["popularity_ndcg@10_test"] + 0.05, s
     assert s["test_ndcg@10"] < s["oracle_ndcg@10_test"] + 0.02, s
+
+
+def test_length_buckets_keep_every_sample_once_and_group_lengths():
+    task = NextItemTask(_cfg(), None)
+    task.setup()
+    order = torch.randperm(task.num_train_samples(), generator=torch.Generator().manual_seed(0))
+    arranged = task.arrange_epoch(order, 16, seed=3)
+    assert sorted(arranged.tolist()) == sorted(order.tolist())
+    assert torch.equal(arranged, task.arrange_epoch(order, 16, seed=3))  # a pure function (resume)
+    lengths = task.sample_lengths()
+
+    def spread(o):
+        batches = [lengths[o[a:a + 16].numpy()] for a in range(0, len(o) - 15, 16)]
+        return float(np.mean([b.max() - b.min() for b in batches]))
+
+    assert spread(arranged) < 0.5 * spread(order)
+    task.cfg.data.bucket_by_length = False
+    assert torch.equal(task.arrange_epoch(order, 16, seed=3), order)
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_a_next_item_checkpoint_through_the_cli(tmp_path):
+    import json
+
+    import yaml
+
+    from tests.conftest import run_cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"base": "seq/synth_mamba4rec", "out_dir": str(tmp_path), "name": "r",
+                                   "data": {"source": "synth-tiny", "max_len": 20},
+                                   "model_params": SMALL["mamba4rec"],
+                                   "train": {"epochs": 2, "progress": False}}))
+    r = run_cli("train", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "test")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["ndcg@10"] == pytest.approx(summary["test_ndcg@10"], abs=1e-9)
+    r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "train")
+    assert r.returncode == 2 and "--split must be one of valid, test" in r.stderr
