@@ -15,7 +15,7 @@ tensors, so ``ssmrec data check`` starts without paying the torch import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ssmrec.data.batch import TensorBatch
 from ssmrec.data.schema import (
     DEFAULT_MAX_LEN,
     INTERACTION_COLUMNS,
@@ -69,7 +70,7 @@ class ItemInfo:
 
 
 @dataclass
-class CTRBatch:
+class CTRBatch(TensorBatch):
     """One typed mini-batch of MM-CTR rows: every model reads these fields by name.
 
     ``item_seq`` is left-padded with 0 (most recent item last); ``mask`` is ``item_seq > 0``.
@@ -86,20 +87,9 @@ class CTRBatch:
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
 
-    def to(self, device, non_blocking: bool = True) -> "CTRBatch":
-        return CTRBatch(**{f.name: (None if getattr(self, f.name) is None
-                                    else getattr(self, f.name).to(device, non_blocking=non_blocking))
-                           for f in fields(self)})
-
-    def replace(self, **changes) -> "CTRBatch":
-        return replace(self, **changes)
-
     def rows(self, sel) -> "CTRBatch":
         """The rows ``sel`` (an index or boolean tensor) of this batch."""
         return CTRBatch(**{k: (None if v is None else v[sel]) for k, v in self.as_dict().items()})
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def newest(self, k: int) -> "CTRBatch":
         """The same rows with only the newest ``k`` history slots."""

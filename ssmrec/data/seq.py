@@ -468,21 +468,22 @@ def _bad_token(path: Path, tokens: pa.Array, k: int, what: str, column, row) -> 
     return DataError(path, msg, column=column, row=row)
 
 
-def _parse_int(path: Path, tokens: pa.Array, rows: np.ndarray, column: str) -> np.ndarray:
-    """Tokens -> int64 (non-negative integers); ``rows[k]`` = the line of token ``k``."""
-    ok = _np(pc.match_substring_regex(tokens, _INT_RE))
+def _parse_typed(path: Path, tokens: pa.Array, rows: np.ndarray, column: str, pattern, arrow_type, np_type,
+                 what: str) -> np.ndarray:
+    """Tokens matching ``pattern`` -> ``np_type``; ``rows[k]`` = the line of token ``k``."""
+    ok = _np(pc.match_substring_regex(tokens, pattern))
     if not ok.all():
         k = _first_false(ok)
-        raise _bad_token(path, tokens, k, "a non-negative integer", column, int(rows[k]))
-    return _np(pc.cast(tokens, pa.int64())).astype(np.int64, copy=False)
+        raise _bad_token(path, tokens, k, what, column, int(rows[k]))
+    return _np(pc.cast(tokens, arrow_type)).astype(np_type, copy=False)
+
+
+def _parse_int(path: Path, tokens: pa.Array, rows: np.ndarray, column: str) -> np.ndarray:
+    return _parse_typed(path, tokens, rows, column, _INT_RE, pa.int64(), np.int64, "a non-negative integer")
 
 
 def _parse_float(path: Path, tokens: pa.Array, rows: np.ndarray, column: str) -> np.ndarray:
-    ok = _np(pc.match_substring_regex(tokens, _FLOAT_RE))
-    if not ok.all():
-        k = _first_false(ok)
-        raise _bad_token(path, tokens, k, "a finite number", column, int(rows[k]))
-    return _np(pc.cast(tokens, pa.float64())).astype(np.float64, copy=False)
+    return _parse_typed(path, tokens, rows, column, _FLOAT_RE, pa.float64(), np.float64, "a finite number")
 
 
 def _parse_token(path: Path, tokens: pa.Array, rows: np.ndarray, column: str) -> np.ndarray:

@@ -22,7 +22,7 @@ counts as ranked ahead of it. Everything is batched; no per-user Python loop.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
+from ssmrec.data.batch import TensorBatch
 from ssmrec.errors import SsmrecError
 from ssmrec.params import STRICT, Bool, NonNegInt, PosInt
 from ssmrec.tasks.base import Task
@@ -56,7 +57,7 @@ class NextItemDataConfig(BaseModel):
 
 
 @dataclass
-class SeqBatch:
+class SeqBatch(TensorBatch):
     """Right-padded histories. ``target`` is ``(B, L)`` (all_positions: the next item at every
     position, 0 = no target) or ``(B,)`` (one next item per row); ``None`` when only scoring."""
 
@@ -67,13 +68,6 @@ class SeqBatch:
     def __len__(self) -> int:
         return int(self.item_seq.shape[0])
 
-    def to(self, device, non_blocking: bool = True) -> "SeqBatch":
-        return SeqBatch(**{f.name: (None if getattr(self, f.name) is None
-                                    else getattr(self, f.name).to(device, non_blocking=non_blocking))
-                           for f in fields(self)})
-
-    def replace(self, **changes) -> "SeqBatch":
-        return replace(self, **changes)
 
 
 def windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
