@@ -163,6 +163,42 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_recommend(args) -> int:
+    """Top-k next items per user of a next_item checkpoint, as a long table (user_id, rank, item_id,
+    score) in CSV or parquet (by the --out suffix)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ssmrec.io import atomic_write, check_output_file, write_parquet_atomic
+    from ssmrec.train.trainer import load_model
+
+    if args.k < 1:
+        raise SsmrecError(f"--k must be a positive integer, got {args.k}")
+    if not str(args.out).endswith((".csv", ".parquet")):
+        raise SsmrecError(f"--out must end in .csv or .parquet, got {args.out!r}")
+    out = check_output_file(args.out, "recommendations")  # before any model or data is loaded
+    model, cfg, task, ck = load_model(args.checkpoint)
+    if cfg.task != "next_item":
+        raise SsmrecError(f"{args.checkpoint}: recommend needs a next_item checkpoint (this one is task "
+                          f"'{cfg.task}'; use predict)")
+    if args.data:
+        cfg.data.source = str(args.data)
+    task.setup(("valid", "test"))
+    task.check_feature_map(ck["feature_map"], args.checkpoint)
+    users, items, scores = task.recommend(model, args.k, cfg.train.eval_batch_size, args.exclude_seen)
+    k = items.shape[1]
+    table = pa.table({"user_id": np.repeat(users, k), "rank": np.tile(np.arange(1, k + 1), len(users)),
+                      "item_id": items.ravel(), "score": scores.ravel().astype(np.float32)})
+    if str(out).endswith(".parquet"):
+        write_parquet_atomic(table, out)
+    else:
+        import pyarrow.csv as pacsv
+
+        atomic_write(out, lambda tmp: pacsv.write_csv(table, tmp))
+    print(f"wrote top-{k} items for {len(users)} users to {out}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from pathlib import Path
 
@@ -248,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--column", default="Task2", help="prediction column name (the official MM-CTR baseline "
                     "writes Task1; default Task2)")
     pr.set_defaults(func=_cmd_predict)
+
+    rec = sub.add_parser("recommend", help="top-k next items per user of a next_item checkpoint (CSV or parquet)")
+    rec.add_argument("--checkpoint", required=True)
+    rec.add_argument("--data", help="dataset folder or file (default: the one the model was trained on)")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--out", required=True, help="FILE.csv or FILE.parquet: user_id, rank, item_id, score")
+    rec.add_argument("--exclude-seen", action="store_true", help="never recommend an item the user already has")
+    rec.set_defaults(func=_cmd_recommend)
 
     demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
     demo.add_argument("--preset", default="default", choices=["tiny", "default"])

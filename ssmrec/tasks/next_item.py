@@ -107,6 +107,8 @@ class SeqSplitData:
     offsets: np.ndarray  # CSR over the users kept (>= 3 items)
     items: np.ndarray
     P: np.ndarray | None = None  # the synthetic world's true transition matrix
+    user_raw: np.ndarray | None = None  # original user ids of the users kept (None: synthetic)
+    item_raw: np.ndarray | None = None  # original item ids by index (index 0 = padding)
 
     @property
     def n_users(self) -> int:
@@ -134,8 +136,12 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
 
         ds = load_seq_dataset(Path(cfg.source), min_user=cfg.min_user, min_item=cfg.min_item)
         offsets, items, P, name, n_items = ds.offsets, ds.items, None, ds.name, ds.n_items
+        user_raw, item_raw = ds.user_raw, ds.item_raw
+    if cfg.source.startswith(SYNTH_PREFIX):
+        user_raw, item_raw = np.arange(len(offsets) - 1).astype(str), np.arange(n_items).astype(str)
     lengths = np.diff(offsets)
     keep = lengths >= 3
+    user_raw = user_raw[keep]
     if not keep.all():  # users too short for leave-one-out (none after 5-core filtering)
         starts = offsets[:-1][keep]
         lengths = lengths[keep]
@@ -144,7 +150,7 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if len(offsets) < 2:
         raise SsmrecError(f"data.source {cfg.source}: no user has the 3 interactions leave-one-out needs")
-    return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P)
+    return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P, user_raw, item_raw)
 
 
 class NextItemTask(Task):
@@ -319,3 +325,26 @@ class NextItemTask(Task):
 
     def plot_keys(self):
         return "ndcg@10", []
+
+    @torch.no_grad()
+    def recommend(self, model, k: int, batch_size: int = 4096, exclude_seen: bool = False, device="cpu"):
+        """Top-``k`` next items for every user after their *whole* known sequence (valid and test items
+        included): ``(user_raw, item_raw (N, k), scores (N, k))``, best first."""
+        model.eval()
+        d = self.data
+        start, end = d.offsets[:-1], d.offsets[1:]
+        k = min(k, d.n_items - 1)
+        top_i, top_s = [], []
+        for a in range(0, d.n_users, batch_size):
+            sl = slice(a, a + batch_size)
+            seq, n = windows(d.items, start[sl], end[sl], self.cfg.data.max_len)
+            batch = SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n)).to(device)
+            scores = model(batch)["logits"]
+            scores[:, 0] = float("-inf")
+            if exclude_seen:
+                scores = scores.scatter(1, batch.item_seq, float("-inf"))
+            s, i = scores.topk(k, dim=1)
+            top_i.append(i.cpu().numpy())
+            top_s.append(s.cpu().numpy())
+        items = np.concatenate(top_i)
+        return d.user_raw, d.item_raw[items], np.concatenate(top_s)

@@ -171,3 +171,30 @@ def test_train_then_evaluate_a_next_item_checkpoint_through_the_cli(tmp_path):
     assert m["ndcg@10"] == pytest.approx(summary["test_ndcg@10"], abs=1e-9)
     r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "train")
     assert r.returncode == 2 and "--split must be one of valid, test" in r.stderr
+
+
+@pytest.mark.slow
+def test_recommend_writes_top_k_per_user(tmp_path):
+    import pyarrow.parquet as pq
+    import yaml
+
+    from tests.conftest import run_cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"base": "seq/synth_mamba4rec", "out_dir": str(tmp_path), "name": "r",
+                                   "data": {"source": "synth-tiny", "max_len": 20},
+                                   "model_params": SMALL["mamba4rec"], "train": {"epochs": 1, "progress": False}}))
+    assert run_cli("train", "--config", cfg).returncode == 0
+    out = tmp_path / "rec.parquet"
+    r = run_cli("recommend", "--checkpoint", tmp_path / "r" / "best.pt", "--k", "5", "--out", out, "--exclude-seen")
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = pq.read_table(out)
+    assert t.column_names == ["user_id", "rank", "item_id", "score"]
+    users = t["user_id"].to_numpy(zero_copy_only=False)
+    n_users = len(np.unique(users))
+    assert t.num_rows == 5 * n_users and t["rank"].to_numpy().tolist()[:5] == [1, 2, 3, 4, 5]
+    scores = t["score"].to_numpy().reshape(n_users, 5)
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    assert "0" not in set(t["item_id"].to_numpy(zero_copy_only=False))  # never the padding item
+    r = run_cli("recommend", "--checkpoint", tmp_path / "r" / "best.pt", "--out", tmp_path / "x.txt")
+    assert r.returncode == 2 and "--out must end in .csv or .parquet" in r.stderr
