@@ -46,7 +46,7 @@ class NextItemDataConfig(BaseModel):
     max_len: PosInt = 50  # 50 for Amazon, 200 for MovieLens (Mamba4Rec)
     min_user: NonNegInt = 5  # iterative k-core filtering (0 = off)
     min_item: NonNegInt = 5
-    train_mode: Literal["all_positions", "prefixes"] = "all_positions"
+    train_mode: Literal["all_positions", "prefixes", "cloze"] = "all_positions"  # cloze: BERT4Rec
     mask_seen: Bool = False
     # Group samples of similar length into batches (within chunks of 64 batches of the epoch's shuffle;
     # the batches' order is shuffled again). Same samples, far fewer padding tokens: most Amazon
@@ -86,6 +86,11 @@ def rank_of_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1-based rank of ``target`` in each row of ``scores``, ties counted pessimistically."""
     t = scores.gather(1, target.view(-1, 1))
     return (scores >= t).sum(1)
+
+
+def _history_ids(batch: SeqBatch, scores: torch.Tensor) -> torch.Tensor:
+    """History item ids usable as score columns (a Cloze model's [MASK] id -> the padding column 0)."""
+    return batch.item_seq.masked_fill(batch.item_seq >= scores.shape[1], 0)
 
 
 def ranking_metrics(rank: torch.Tensor, ks) -> dict[str, torch.Tensor]:
@@ -178,6 +183,13 @@ class NextItemTask(Task):
         if mon is None and 10 not in cfg.data.ks:
             raise ConfigError(f"{source}: data.ks must contain 10 (the default monitor is ndcg@10) or set "
                               f"train.monitor, got ks = {cfg.data.ks}")
+        from ssmrec.registry import get_model
+
+        cloze_model = getattr(get_model("next_item", cfg.model, source).cls, "cloze", False)
+        if cloze_model != (cfg.data.train_mode == "cloze"):
+            raise ConfigError(f"{source}: data.train_mode must be "
+                              f"{'cloze' if cloze_model else 'all_positions or prefixes'} for model "
+                              f"'{cfg.model}', got {cfg.data.train_mode!r}")
         model_len = cfg.model_params.get("max_len")
         if model_len is not None and model_len < cfg.data.max_len:
             raise ConfigError(f"{source}: model_params.max_len ({model_len}) must be >= data.max_len "
@@ -190,15 +202,20 @@ class NextItemTask(Task):
         d, L = self.data, self.cfg.data.max_len
         start, end = d.offsets[:-1], d.offsets[1:]
         train_end = end - 2  # the training sequence of each user: [start, end - 2)
-        if self.cfg.data.train_mode == "all_positions":
+        mode = self.cfg.data.train_mode
+        if mode == "all_positions":
             users = np.flatnonzero(train_end - start >= 2)
             self._samples = ("all_positions", start[users], train_end[users])
+        elif mode == "cloze":  # one sample per user: its training sequence, random positions masked
+            users = np.flatnonzero(train_end - start >= 1)
+            self._samples = ("cloze", start[users], train_end[users])
         else:  # one sample per prefix [start, start + t), t = 1 .. n_train - 1
             n = np.maximum(train_end - start - 1, 0)
             users = np.repeat(np.arange(d.n_users), n)
             t = np.arange(n.sum()) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n) + 1
             self._samples = ("prefixes", start[users], start[users] + t)
         self._L = L
+        self._mask_ratio = float(self.cfg.model_params.get("mask_ratio", 0.2))
 
     def feature_map(self) -> dict:
         return {"n_items": self.data.n_items, "n_users": self.data.n_users, "max_len": self.cfg.data.max_len,
@@ -242,17 +259,36 @@ class NextItemTask(Task):
             width = int(n.max())  # trim the batch to its longest sequence
             return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n),
                             torch.from_numpy(tgt[:, :width]))
+        if mode == "cloze":
+            seq, n = windows(items, starts[i], ends[i], self._L)
+            seq = torch.from_numpy(seq[:, :int(n.max())])
+            real = seq > 0
+            masked = (torch.rand(seq.shape) < self._mask_ratio) & real
+            none = ~masked.any(1)  # every row predicts at least one item: its last
+            masked[none, torch.from_numpy(n)[none] - 1] = True
+            target = torch.where(masked, seq, torch.zeros_like(seq))
+            return SeqBatch(seq.masked_fill(masked, self.data.n_items), torch.from_numpy(n), target)
         seq, n = windows(items, starts[i], ends[i], self._L)
         width = int(n.max())
         return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n), torch.from_numpy(items[ends[i]]))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[SeqBatch]:
         start, end, target = self.data.bounds(split)
+        cloze = self.cfg.data.train_mode == "cloze"
         for a in range(0, len(start), batch_size):
             sl = slice(a, a + batch_size)
-            seq, n = windows(self.data.items, start[sl], end[sl], self._L)
-            yield SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n),
-                           torch.from_numpy(self.data.items[target[sl]]))
+            yield self.history_batch(start[sl], end[sl], cloze, torch.from_numpy(self.data.items[target[sl]]))
+
+    def history_batch(self, start, end, cloze: bool, target=None) -> SeqBatch:
+        """Right-padded histories ``items[start:end]``; for Cloze models the newest ``max_len - 1``
+        items followed by ``[MASK]`` (the position that is scored)."""
+        L = self._L - 1 if cloze else self._L
+        seq, n = windows(self.data.items, start, end, L)
+        if cloze:
+            seq = np.concatenate([seq, np.zeros((len(seq), 1), dtype=np.int64)], axis=1)
+            seq[np.arange(len(seq)), n] = self.data.n_items
+            n = n + 1
+        return SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n), target)
 
     # ------------------------------------------------------------------ model, loss, metrics
     def build_model(self, artifacts=None, feature_map=None):
@@ -277,7 +313,7 @@ class NextItemTask(Task):
             scores = model(batch.replace(target=None))["logits"]
             scores[:, 0] = float("-inf")
             if self.cfg.data.mask_seen:
-                seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, batch.item_seq, True)
+                seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, _history_ids(batch, scores), True)
                 seen[:, 0] = False
                 seen.scatter_(1, batch.target.view(-1, 1), False)  # a repeat of the target stays rankable
                 scores = scores.masked_fill(seen, float("-inf"))
@@ -337,12 +373,12 @@ class NextItemTask(Task):
         top_i, top_s = [], []
         for a in range(0, d.n_users, batch_size):
             sl = slice(a, a + batch_size)
-            seq, n = windows(d.items, start[sl], end[sl], self.cfg.data.max_len)
-            batch = SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n)).to(device)
+            batch = self.history_batch(start[sl], end[sl], self.cfg.data.train_mode == "cloze").to(device)
             scores = model(batch)["logits"]
             scores[:, 0] = float("-inf")
             if exclude_seen:
-                scores = scores.scatter(1, batch.item_seq, float("-inf"))
+                scores = scores.scatter(1, _history_ids(batch, scores), float("-inf"))
+                scores[:, 0] = float("-inf")
             s, i = scores.topk(k, dim=1)
             top_i.append(i.cpu().numpy())
             top_s.append(s.cpu().numpy())

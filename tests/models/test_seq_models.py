@@ -13,11 +13,16 @@ from ssmrec.tasks.next_item import (NextItemTask, SeqBatch, SeqSplitData, rank_o
                                     windows)
 
 SMALL = {"mamba4rec": {"hidden_size": 16, "d_state": 8, "dropout": 0.0},
+         "bert4rec": {"hidden_size": 16, "inner_size": 32, "dropout": 0.0, "max_len": 20},
          "sasrec": {"hidden_size": 16, "inner_size": 32, "dropout": 0.0},
          "gru4rec": {"embedding_size": 16, "hidden_size": 24, "dropout": 0.0}}
 
 
+CAUSAL = ["mamba4rec", "sasrec", "gru4rec"]
+
+
 def _cfg(model="mamba4rec", mode="all_positions", **data):
+    mode = "cloze" if model == "bert4rec" else mode
     d = {"task": "next_item", "model": model, "model_params": SMALL[model],
          "data": {"source": "synth-tiny", "max_len": 20, "train_mode": mode, **data},
          "train": {"batch_size": 64, "progress": False}}
@@ -52,7 +57,7 @@ def _toy_task(mode, model="mamba4rec"):
     return task
 
 
-@pytest.mark.parametrize("model", list(SMALL))
+@pytest.mark.parametrize("model", CAUSAL)
 def test_all_positions_and_prefixes_give_the_same_loss_on_the_same_pairs(model):
     a, p = _toy_task("all_positions", model), _toy_task("prefixes", model)
     assert a.num_train_samples() == 3 and p.num_train_samples() == (5 - 1) + (3 - 1) + (6 - 1)
@@ -67,7 +72,7 @@ def test_all_positions_and_prefixes_give_the_same_loss_on_the_same_pairs(model):
     torch.testing.assert_close(la, lp, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", list(SMALL))
+@pytest.mark.parametrize("model", CAUSAL)
 def test_models_are_causal_and_ignore_trailing_padding(model):
     task = _toy_task("all_positions", model)
     torch.manual_seed(0)
@@ -198,3 +203,31 @@ def test_recommend_writes_top_k_per_user(tmp_path):
     assert "0" not in set(t["item_id"].to_numpy(zero_copy_only=False))  # never the padding item
     r = run_cli("recommend", "--checkpoint", tmp_path / "r" / "best.pt", "--out", tmp_path / "x.txt")
     assert r.returncode == 2 and "--out must end in .csv or .parquet" in r.stderr
+
+
+def test_bert4rec_cloze_batches_and_scoring():
+    task = _toy_task("cloze", "bert4rec")
+    torch.manual_seed(0)
+    b = task.train_batch(torch.arange(task.num_train_samples()))
+    mask_id = task.data.n_items
+    masked = b.item_seq == mask_id
+    assert masked.any(1).all()  # every row predicts something
+    assert ((b.target > 0) == masked).all()  # targets exactly at the masked positions
+    net = task.build_model()
+    out = net(b)
+    assert out["logits"].shape == (int(masked.sum()), task.data.n_items)  # [MASK] is never a candidate
+    ev = next(task.eval_batches("test", 8))
+    assert (ev.item_seq[torch.arange(len(ev)), ev.lengths - 1] == mask_id).all()  # [MASK] appended
+    m = task.evaluate(net, "test", 8)
+    assert 0 <= m["ndcg@10"] <= 1
+    task.cfg.data.mask_seen = True
+    assert 0 <= task.evaluate(net, "test", 8)["ndcg@10"] <= 1
+
+
+def test_cloze_mode_and_bert4rec_go_together():
+    from ssmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_mode must be cloze for model 'bert4rec'"):
+        from_dict({"task": "next_item", "model": "bert4rec", "data": {"train_mode": "all_positions"}})
+    with pytest.raises(ConfigError, match="must be all_positions or prefixes for model 'sasrec'"):
+        from_dict({"task": "next_item", "model": "sasrec", "data": {"train_mode": "cloze"}})
