@@ -342,6 +342,8 @@ class NextItemTask(Task):
             test = self.evaluate(model, "test", self.cfg.train.eval_batch_size, device)
             out.update({f"test_{k}": v for k, v in test.items() if "@" in k and not k.startswith("oracle")})
         out["popularity_ndcg@10_test"] = self.popularity("test")["ndcg@10"]
+        start, end = self.data.offsets[:-1], self.data.offsets[1:]
+        out["train_pairs"] = int(np.maximum(end - 2 - start - 1, 0).sum())  # (prefix, next) pairs per epoch
         if self.data.P is not None:
             out["oracle_ndcg@10_test"] = self.oracle("test")["ndcg@10"]
         return out

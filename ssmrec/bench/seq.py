@@ -1,0 +1,185 @@
+"""`ssmrec bench seq`: next-item models side by side on one dataset, split, seed and budget.
+
+Every (model, training mode) runs ``ssmrec train`` in its own process (so peak RSS is that run's,
+read with ``os.wait4``) from the built-in config ``seq/<dataset>_<model>`` (``--data`` names one of
+synth / beauty / games / ml100k, or is a folder/file read with that dataset's settings from
+``--preset``), with ``--epochs``, ``--seed``, ``--threads`` and ``--set`` applied to all alike.
+
+Reported per run (the layout of Mamba4Rec's Tables 1 and 3, the paper's numbers beside ours where
+the dataset is one of its): test HR / NDCG / MRR @10 at the best valid epoch, train s/epoch (min /
+median), (prefix, next) pairs per second, inference ms per 4,096 users, peak RSS, epochs to best,
+parameters. Writes ``results.json``, ``results.md`` and ``results.png`` (NDCG@10 against train time
+per epoch, and the valid NDCG@10 curves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ssmrec.bench.common import machine_info, markdown_table, pyplot, save_figure_atomic, write_json_atomic, \
+    write_text_atomic
+from ssmrec.errors import SsmrecError, one_line
+
+DATASETS = {"synth": "synth", "beauty": "beauty", "amazon-beauty": "beauty", "games": "games",
+            "amazon-video-games": "games", "ml100k": "ml100k", "ml-100k": "ml100k"}
+MODELS = ("mamba4rec", "sasrec", "gru4rec", "bert4rec")
+# Mamba4Rec Table 1 (reference doc §10.2): test HR@10, NDCG@10, MRR@10.
+PAPER = {
+    "beauty": {"mamba4rec": (.0812, .0451, .0362), "sasrec": (.0847, .0425, .0296), "gru4rec": (.0606, .0332, .0249),
+               "bert4rec": (.0760, .0393, .0282)},
+    "games": {"mamba4rec": (.1152, .0603, .0438), "sasrec": (.1168, .0571, .0390), "gru4rec": (.1030, .0536, .0380),
+              "bert4rec": (.1053, .0538, .0381)},
+}
+
+
+def _preset(data: str, preset: str | None) -> tuple[str, list[str]]:
+    """(config dataset name, extra overrides) for ``--data``."""
+    key = DATASETS.get(data)
+    if key is not None:
+        return key, []
+    if not Path(data).exists():
+        raise SsmrecError(f"--data {data!r}: not a dataset name ({', '.join(sorted(DATASETS))}) or an existing path")
+    if preset not in ("beauty", "games", "ml100k", "synth"):
+        raise SsmrecError("--data is a path: say whose settings to use with --preset beauty|games|ml100k|synth")
+    return preset, [f"data.source={Path(data).resolve()}"]
+
+
+def _run(cmd: list[str], log: Path) -> tuple[int, float]:
+    """Run ``cmd`` with stdout/stderr into ``log``; return (exit code, peak RSS MB of that process)."""
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, usage.ru_maxrss / 1024.0
+
+
+def cmd_bench_seq(args) -> int:
+    from ssmrec.config import load_config
+    from ssmrec.io import check_output_dir
+
+    dataset, extra = _preset(args.data, args.preset)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        raise SsmrecError(f"--models: unknown model '{bad[0] if bad else ''}' (choose from {', '.join(MODELS)})")
+    modes = ["all_positions", "prefixes"] if args.mode == "both" else [args.mode]
+    if args.epochs < 1:
+        raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
+    out = check_output_dir(args.out, "bench output")
+    runs = []
+    for model in models:
+        for mode in (["cloze"] if model == "bert4rec" else modes):
+            sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
+                            f"out_dir={out / 'runs'}", f"name={model}-{mode}", f"data.train_mode={mode}"]
+            if args.threads > 0:
+                sets.append(f"train.threads={args.threads}")
+            if mode == "prefixes":  # batch counts samples: prefixes are ~7x smaller than users on Amazon
+                sets.append(f"train.batch_size={args.prefix_batch_size}")
+            sets += list(args.set or [])
+            config = f"seq/{dataset}_{model}"
+            load_config(config, sets)  # every config is validated before anything trains
+            runs.append((model, mode, config, sets))
+    results = []
+    for model, mode, config, sets in runs:
+        label = f"{model} ({mode})"
+        print(f"[bench seq] {label} ...", flush=True)
+        cmd = [sys.executable, "-m", "ssmrec.cli", "train", "--config", config, "--overwrite"]
+        for s in sets:
+            cmd += ["--set", s]
+        t0 = time.perf_counter()
+        code, rss = _run(cmd, out / f"{model}-{mode}.log")
+        rec = {"model": model, "mode": mode, "config": config, "exit_code": code, "peak_rss_mb": rss,
+               "wall_s": time.perf_counter() - t0}
+        run_dir = out / "runs" / f"{model}-{mode}"
+        if code == 0 and (run_dir / "summary.json").exists():
+            s = json.loads((run_dir / "summary.json").read_text())
+            hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            times = [h["train_s"] for h in hist]
+            rec.update(status="ok", params=s["params"], best_epoch=s["best_epoch"], epochs=s["epochs"],
+                       **{k: s.get(f"test_{k}") for k in ("hr@10", "ndcg@10", "mrr@10")},
+                       train_s_min=min(times), train_s_median=statistics.median(times),
+                       pairs_per_s=s.get("train_pairs", 0) / statistics.median(times),
+                       infer_ms_per_4096_users=s.get("infer_ms_per_4096_users"),
+                       oracle_ndcg10=s.get("oracle_ndcg@10_test"), popularity_ndcg10=s.get("popularity_ndcg@10_test"),
+                       curve=[h.get("valid_ndcg@10") for h in hist])
+        else:
+            tail = (out / f"{model}-{mode}.log").read_text().strip().splitlines()[-1:] or [""]
+            rec.update(status="failed", error=one_line(tail[0], 300))
+        results.append(rec)
+        _write(out, dataset, args, results)
+    failed = [r for r in results if r["status"] != "ok"]
+    print((out / "results.md").read_text())
+    if failed:
+        raise SsmrecError(f"{len(failed)} of {len(results)} runs failed: "
+                          + "; ".join(f"{r['model']} ({r['mode']}): {r['error']}" for r in failed))
+    return 0
+
+
+def _fmt(v, spec=".4f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
+    meta = {"dataset": dataset, "data": args.data, "epochs": args.epochs, "seed": args.seed,
+            "threads": args.threads, "set": list(args.set or []), "machine": machine_info()}
+    write_json_atomic(out / "results.json", {"meta": meta, "records": results})
+    ok = [r for r in results if r["status"] == "ok"]
+    paper = PAPER.get(dataset, {})
+    rows = []
+    for r in ok:
+        p = paper.get(r["model"])
+        rows.append([r["model"], r["mode"], f"{r['params']:,}", _fmt(r["hr@10"]), _fmt(r["ndcg@10"]), _fmt(r["mrr@10"]),
+                     " / ".join(_fmt(x) for x in p) if p else "n/a",
+                     f"{r['train_s_min']:.1f} / {r['train_s_median']:.1f}", f"{r['pairs_per_s']:,.0f}",
+                     _fmt(r["infer_ms_per_4096_users"], ".0f"), f"{r['peak_rss_mb']:.0f}",
+                     f"{r['best_epoch']} / {r['epochs']}"])
+    lines = [f"# `ssmrec bench seq` — {dataset}", "",
+             f"Test metrics at the best valid NDCG@10 epoch; {args.epochs} epoch(s) at most, seed {args.seed}; "
+             f"each run its own process. Ties ranked pessimistically; full ranking over all items.", "",
+             markdown_table(["model", "mode", "params", "HR@10", "NDCG@10", "MRR@10", "paper HR / NDCG / MRR @10",
+                             "train s/epoch (min / median)", "pairs/s", "infer ms / 4,096 users",
+                             "peak RSS MB", "best / epochs"], rows)]
+    if ok and ok[0].get("oracle_ndcg10") is not None:
+        lines += ["", f"Oracle test NDCG@10 (the true next-item law): **{ok[0]['oracle_ndcg10']:.4f}**."]
+    if ok:
+        lines += ["", f"Popularity baseline test NDCG@10: {ok[0]['popularity_ndcg10']:.4f}."]
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        lines += ["", "**Failed:** " + "; ".join(f"{r['model']} ({r['mode']}): {r['error']}" for r in failed)]
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    if ok:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for r in ok:
+            label = f"{r['model']} ({r['mode']})"
+            axes[0].scatter(r["train_s_median"], r["ndcg@10"], label=label)
+            axes[1].plot(range(1, len(r["curve"]) + 1), r["curve"], "o-", ms=3, label=label)
+        axes[0].set_xlabel("train s / epoch (median)"), axes[0].set_ylabel("test NDCG@10"), axes[0].legend(fontsize=7)
+        axes[1].set_xlabel("epoch"), axes[1].set_ylabel("valid NDCG@10"), axes[1].legend(fontsize=7)
+        fig.suptitle(f"ssmrec bench seq — {dataset}")
+        save_figure_atomic(fig, out / "results.png")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("seq", help="next-item models side by side: HR/NDCG/MRR@10, time, memory, params",
+                              description="Train next-item models on one dataset with the same split, seed and "
+                                          "budget (each in its own process); write results.json, results.md "
+                                          "and results.png.")
+    p.add_argument("--data", default="synth", help="synth | beauty | games | ml100k, or a dataset path (+ --preset)")
+    p.add_argument("--preset", help="whose settings a --data path uses: beauty | games | ml100k | synth")
+    p.add_argument("--models", default="mamba4rec,sasrec", help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--mode", default="all_positions", choices=["all_positions", "prefixes", "both"],
+                   help="training mode of the causal models (BERT4Rec always trains with cloze)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs at most (early stopping may end sooner)")
+    p.add_argument("--prefix-batch-size", type=int, default=2048, help="batch size in prefixes mode (the paper's)")
+    p.add_argument("--seed", type=int, default=2020, help="train.seed for every run (RecBole's default)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (0 = torch default)")
+    p.add_argument("--out", default="runs/bench-seq", help="output folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run")
+    p.set_defaults(func=cmd_bench_seq)
