@@ -9,6 +9,9 @@ Two layouts are recognised in the ``--items`` folder:
   folder of ``{item_id}.jpg`` files (``item_images/`` as unpacked from ``item_images.rar``, or
   ``covers/``; any of .jpg/.jpeg/.png/.webp). ``covers=`` names the folder explicitly.
 
+* **MicroLens-50K/100K release**: ``MicroLens-*_titles.csv[.gz]`` (``item,title``; no covers, so
+  text encoders only).
+
 Images are never read here; :func:`load_image` opens one (the pipeline decodes them batch by batch).
 """
 
@@ -91,14 +94,28 @@ def read_item_table(items, covers=None, need_titles: bool = True, need_covers: b
     path = root / ITEM_FEATURE_FILE
     if not root.is_dir():
         raise DataError(root, "--items must be a folder holding item_feature.parquet")
-    if not path.is_file():
+    titles_csv = sorted(root.glob("*titles.csv")) + sorted(root.glob("*titles.csv.gz"))
+    if not path.is_file() and titles_csv:  # MicroLens-50K/100K release: item,title (no covers)
+        path = titles_csv[0]
+        try:
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, f"cannot read CSV: {one_line(str(e), 200)}") from None
+        if not {"item", "title"} <= set(table.column_names):
+            raise DataError(path, f"expected columns item,title (found: {', '.join(table.column_names)})")
+        table = pa.table({"item_id": table["item"], "item_title": table["title"]})
+        schema = table.schema
+    elif not path.is_file():
         raise DataError(path, "file not found (expected the item table: item_id, item_title[, cover_path])")
-    try:
-        schema = pq.read_schema(path)
-        wanted = [c for c in ("item_id", "item_title", "cover_path") if c in schema.names]
-        table = pq.read_table(path, columns=wanted)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
+    else:
+        try:
+            schema = pq.read_schema(path)
+            wanted = [c for c in ("item_id", "item_title", "cover_path") if c in schema.names]
+            table = pq.read_table(path, columns=wanted)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
     if "item_id" not in table.column_names:
         raise DataError(path, f"missing column (found: {', '.join(schema.names)})", column="item_id")
     if table.num_rows == 0:

@@ -54,6 +54,10 @@ class NextItemDataConfig(BaseModel):
     bucket_by_length: Bool = True
     ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     seed: NonNegInt = 0  # the synthetic world's seed
+    # Multimodal items (ours): a parquet with item_id + one list<float> column (e.g. `ssmrec embed`'s
+    # item_emb.parquet of MicroLens titles), frozen, projected and added to / replacing the ID embedding.
+    item_features: str | None = None
+    item_feature_mode: Literal["add", "replace"] = "add"
 
 
 @dataclass
@@ -158,6 +162,46 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
     return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P, user_raw, item_raw)
 
 
+def read_item_features(path, item_raw: np.ndarray) -> torch.Tensor:
+    """``(n_items, F)`` float32 aligned with the task's item index (row 0 and items without a vector:
+    zeros) from a parquet holding ``item_id`` and exactly one list<float> column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssmrec.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "item features file not found (data.item_features)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"cannot read parquet ({type(e).__name__})") from None
+    if "item_id" not in table.column_names:
+        raise DataError(path, "missing column", column="item_id")
+    vec_cols = [c for c in table.column_names if pa.types.is_list(table.schema.field(c).type)
+                or pa.types.is_fixed_size_list(table.schema.field(c).type)]
+    if len(vec_cols) != 1:
+        raise DataError(path, f"expected exactly one list<float> column besides item_id, found {vec_cols or 'none'}")
+    col = table[vec_cols[0]].combine_chunks()
+    lens = np.diff(col.offsets.to_numpy()) if hasattr(col, "offsets") else np.full(len(col), col.type.list_size)
+    if col.null_count or len(set(lens.tolist())) != 1:
+        raise DataError(path, "vectors must all be non-null and of one width", column=vec_cols[0])
+    vecs = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+    ids = np.asarray(table["item_id"].to_numpy(zero_copy_only=False)).astype(str)
+    order = np.argsort(ids)
+    raw = np.asarray(item_raw).astype(str)
+    pos = np.clip(np.searchsorted(ids[order], raw), 0, len(ids) - 1)
+    rows = order[pos]
+    out = np.zeros((len(item_raw), vecs.shape[1]), dtype=np.float32)
+    found = ids[rows] == raw
+    found[0] = False  # the padding row stays zero
+    out[found] = vecs[rows[found]]
+    if found.sum() == 0:
+        raise DataError(path, "no item_id matches an item of the dataset", column="item_id")
+    return torch.from_numpy(out)
+
+
 class NextItemTask(Task):
     name = "next_item"
     DataConfig = NextItemDataConfig
@@ -170,6 +214,7 @@ class NextItemTask(Task):
         super().__init__(cfg)
         self.data = data
         self._samples = None
+        self._features: torch.Tensor | None = None
 
     @classmethod
     def check_config(cls, cfg, source: str) -> None:
@@ -215,6 +260,8 @@ class NextItemTask(Task):
             t = np.arange(n.sum()) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n) + 1
             self._samples = ("prefixes", start[users], start[users] + t)
         self._L = L
+        if self.cfg.data.item_features and self._features is None:
+            self._features = read_item_features(self.cfg.data.item_features, self.data.item_raw)
         self._mask_ratio = float(self.cfg.model_params.get("mask_ratio", 0.2))
 
     def feature_map(self) -> dict:
@@ -222,7 +269,7 @@ class NextItemTask(Task):
                 "dataset": self.data.name}
 
     def artifacts(self) -> dict:
-        return {}
+        return {} if self._features is None else {"item_features": self._features}
 
     def check_feature_map(self, fm: dict, source) -> None:
         for key in ("n_items", "max_len"):
@@ -296,7 +343,11 @@ class NextItemTask(Task):
 
         n_items = int(feature_map["n_items"]) if feature_map else self.data.n_items
         spec = get_model("next_item", self.cfg.model)
-        return spec.cls(spec.config(self.cfg.model_params), n_items)
+        model = spec.cls(spec.config(self.cfg.model_params), n_items)
+        features = (artifacts or {}).get("item_features", self._features)
+        if features is not None:
+            model.attach_item_features(features, self.cfg.data.item_feature_mode)
+        return model
 
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         ce = F.cross_entropy(model_out["logits"], model_out["labels"])

@@ -231,3 +231,50 @@ def test_cloze_mode_and_bert4rec_go_together():
         from_dict({"task": "next_item", "model": "bert4rec", "data": {"train_mode": "all_positions"}})
     with pytest.raises(ConfigError, match="must be all_positions or prefixes for model 'sasrec'"):
         from_dict({"task": "next_item", "model": "sasrec", "data": {"train_mode": "cloze"}})
+
+
+def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssmrec.train.trainer import Trainer, load_model
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, 151)[::-1]  # file order differs from the dataset's item order
+    vecs = rng.normal(size=(150, 6)).astype(np.float32)
+    feat = tmp_path / "item_emb.parquet"
+    pq.write_table(pa.table({"item_id": ids, "item_emb_d6": pa.array(list(vecs))}), feat)
+    cfg = _cfg("sasrec", item_features=str(feat), item_feature_mode="add")
+    cfg.out_dir, cfg.train.epochs, cfg.train.max_steps_per_epoch = str(tmp_path), 1, 2
+    trainer = Trainer(cfg)
+    net = trainer.model
+    item = 7
+    row = int(np.flatnonzero(trainer.task.data.item_raw == str(item))[0])
+    np.testing.assert_allclose(net.item_features[row].numpy(), vecs[ids == item][0])
+    assert net.item_features[0].abs().sum() == 0  # padding
+    trainer.fit()
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert "item_features" in ck["artifacts"]
+    model, *_ = load_model(tmp_path / "run" / "best.pt")
+    torch.testing.assert_close(model.item_features, net.item_features)
+    b = SeqBatch(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(b)["logits"], net.eval()(b)["logits"])
+
+
+def test_item_features_file_errors_are_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssmrec.errors import DataError
+    from ssmrec.tasks.next_item import read_item_features
+
+    bad = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"item_id": [1, 2], "a": pa.array([[1.0], [2.0]]), "b": pa.array([[1.0], [2.0]])}), bad)
+    with pytest.raises(DataError, match="exactly one list<float> column"):
+        read_item_features(bad, np.array(["[PAD]", "1", "2"]))
+    pq.write_table(pa.table({"item_id": [8, 9], "a": pa.array([[1.0], [2.0]])}), bad)
+    with pytest.raises(DataError, match="no item_id matches"):
+        read_item_features(bad, np.array(["[PAD]", "1", "2"]))
+    with pytest.raises(DataError, match="not found"):
+        read_item_features(tmp_path / "nope.parquet", np.array(["[PAD]"]))

@@ -53,8 +53,8 @@ class BERT4Rec(SeqRecModel):
     def encode(self, batch) -> torch.Tensor:
         L = batch.item_seq.shape[1]
         pos = torch.arange(L, device=batch.item_seq.device).clamp_max(self.cfg.max_len - 1)
-        h = self.dropout(self.norm(self.item_table(batch.item_seq) + self.position_table(pos)))
+        h = self.dropout(self.norm(self.item_vectors(batch.item_seq) + self.position_table(pos)))
         return self.head(self.encoder(h, batch.item_seq > 0))
 
     def full_sort_predict(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_table.weight[: self.n_items].t() + self.output_bias
+        return hidden @ self.item_vectors()[: self.n_items].t() + self.output_bias

@@ -32,5 +32,5 @@ class GRU4Rec(SeqRecModel):
             nn.init.xavier_uniform_(p)
 
     def encode(self, batch) -> torch.Tensor:
-        h, _ = self.gru(self.dropout(self.item_table(batch.item_seq)))
+        h, _ = self.gru(self.dropout(self.item_vectors(batch.item_seq)))
         return self.dense(h)

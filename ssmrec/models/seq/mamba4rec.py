@@ -85,7 +85,7 @@ class Mamba4Rec(SeqRecModel):
             recbole_init(self)
 
     def encode(self, batch) -> torch.Tensor:
-        h = self.item_table(batch.item_seq)
+        h = self.item_vectors(batch.item_seq)
         if self.position_table is not None:
             pos = torch.arange(h.shape[1], device=h.device).clamp_max(self.cfg.max_len - 1)
             h = h + self.position_table(pos)

@@ -47,5 +47,5 @@ class SASRec(SeqRecModel):
     def encode(self, batch) -> torch.Tensor:
         L = batch.item_seq.shape[1]
         pos = torch.arange(L, device=batch.item_seq.device).clamp_max(self.cfg.max_len - 1)
-        h = self.dropout(self.norm(self.item_table(batch.item_seq) + self.position_table(pos)))
+        h = self.dropout(self.norm(self.item_vectors(batch.item_seq) + self.position_table(pos)))
         return self.encoder(h, batch.item_seq > 0)
