@@ -278,3 +278,18 @@ def test_item_features_file_errors_are_one_line(tmp_path):
         read_item_features(bad, np.array(["[PAD]", "1", "2"]))
     with pytest.raises(DataError, match="not found"):
         read_item_features(tmp_path / "nope.parquet", np.array(["[PAD]"]))
+
+
+def test_popularity_baseline_ranks_like_a_full_score_matrix():
+    task = _toy_task("all_positions")
+    d = task.data
+    start, end, target = d.bounds("test")
+    train = np.ones(len(d.items), bool)
+    train[d.offsets[1:] - 1] = train[d.offsets[1:] - 2] = False
+    counts = np.bincount(d.items[train], minlength=d.n_items).astype(float)
+    counts[0] = -np.inf
+    scores = torch.from_numpy(np.tile(counts, (len(target), 1)))
+    expect = ranking_metrics(rank_of_target(scores, torch.from_numpy(d.items[target])), [5, 10, 20])
+    got = task.popularity("test")
+    for k, v in expect.items():
+        assert got[k] == pytest.approx(float(v.mean()))
