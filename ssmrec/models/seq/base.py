@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 
 
-class SeqRecModel(nn.Module):
+class SeqRecModel(nn.Module, ABC):
     """Base class: ``item_table`` (n_items x D, row 0 = padding) is both the input embedding and the
     prediction layer (scores ``h · Eᵀ``), as in RecBole's sequential models."""
 
@@ -37,9 +39,9 @@ class SeqRecModel(nn.Module):
         f = self.feature_proj(self.item_features if ids is None else self.item_features[ids])
         return f if self.feature_mode == "replace" else e + f
 
-    def encode(self, batch) -> torch.Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def encode(self, batch) -> torch.Tensor:
         """Hidden states ``(B, L, D)`` of a right-padded batch (causal models: position t sees <= t)."""
-        raise NotImplementedError
 
     def forward(self, batch) -> dict:
         """``hidden``: the user states that are scored — every position with a target when
