@@ -261,5 +261,6 @@ def resume_incompatibilities(old: dict, new: dict) -> list[str]:
     a, b = flat(old), flat(new)
     if "task" not in a:  # checkpoints from before tasks existed were CTR runs
         a["task"] = "ctr"
-    return sorted(k for k in set(a) | set(b) if k not in may_change and a.get(k) != b.get(k)
-                  and not (k.startswith("train.") and k not in a))  # a key added by a newer version
+    # The saved config is fully resolved, so a key it lacks did not exist when the run started: a
+    # field added by a newer version, whose default keeps the old behaviour.
+    return sorted(k for k in set(a) | set(b) if k not in may_change and k in a and a.get(k) != b.get(k))

@@ -235,6 +235,18 @@ def test_resume_refuses_in_one_line(tiny_world, tmp_path, damage, needle):
     _one_line_error(run_cli("train", "--config", cfg, "--resume", *sets), needle)
 
 
+def test_resume_accepts_fields_added_by_a_newer_version_but_not_changed_ones():
+    from ssmrec.config import resume_incompatibilities
+    old = {"task": "next_item", "data": {"max_len": 50}, "train": {"lr": 1e-3, "epochs": 10}}
+    new = {"task": "next_item", "data": {"max_len": 50, "item_feature_mode": "add"},
+           "train": {"lr": 1e-3, "epochs": 300, "drop_last": False}}
+    assert resume_incompatibilities(old, new) == []
+    new["data"]["max_len"] = 200
+    assert resume_incompatibilities(old, new) == ["data.max_len"]
+    del new["data"]["max_len"]  # a field the newer version dropped is still a change
+    assert resume_incompatibilities(old, new) == ["data.max_len"]
+
+
 def test_resume_rewrites_metrics_from_the_checkpoint(tiny_world, tmp_path):
     """A kill between last.pt and the metrics row (or a stray row) never logs an epoch twice."""
     d = _cfg(tiny_world, tmp_path, "din", epochs=2, max_steps_per_epoch=2)
