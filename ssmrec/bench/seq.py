@@ -2,8 +2,11 @@
 
 Every (model, training mode) runs ``ssmrec train`` in its own process (so peak RSS is that run's,
 read with ``os.wait4``) from the built-in config ``seq/<dataset>_<model>`` (``--data`` names one of
-synth / beauty / games / ml100k, or is a folder/file read with that dataset's settings from
+synth / beauty / games / ml100k / ml50k, or is a folder/file read with that dataset's settings from
 ``--preset``), with ``--epochs``, ``--seed``, ``--threads`` and ``--set`` applied to all alike.
+With ``--item-features PARQUET`` (``ssmrec embed``'s item vectors) every run is made twice, with ID
+embeddings only and with the frozen vectors added (or ``--item-feature-mode replace``), so the
+table shows what the item content is worth for each model.
 
 Reported per run (the layout of Mamba4Rec's Tables 1 and 3, the paper's numbers beside ours where
 the dataset is one of its): test HR / NDCG / MRR @10 at the best valid epoch, train s/epoch (min /
@@ -27,7 +30,9 @@ from ssmrec.bench.common import machine_info, markdown_table, pyplot, save_figur
 from ssmrec.errors import SsmrecError, one_line
 
 DATASETS = {"synth": "synth", "beauty": "beauty", "amazon-beauty": "beauty", "games": "games",
-            "amazon-video-games": "games", "ml100k": "ml100k", "ml-100k": "ml100k"}
+            "amazon-video-games": "games", "ml100k": "ml100k", "ml-100k": "ml100k", "ml50k": "ml50k",
+            "microlens50k": "ml50k", "microlens-50k": "ml50k"}
+PRESETS = ("beauty", "games", "ml100k", "ml50k", "synth")
 MODELS = ("mamba4rec", "sasrec", "gru4rec", "bert4rec")
 # Mamba4Rec Table 1 (reference doc §10.2): test HR@10, NDCG@10, MRR@10.
 PAPER = {
@@ -45,8 +50,8 @@ def _preset(data: str, preset: str | None) -> tuple[str, list[str]]:
         return key, []
     if not Path(data).exists():
         raise SsmrecError(f"--data {data!r}: not a dataset name ({', '.join(sorted(DATASETS))}) or an existing path")
-    if preset not in ("beauty", "games", "ml100k", "synth"):
-        raise SsmrecError("--data is a path: say whose settings to use with --preset beauty|games|ml100k|synth")
+    if preset not in PRESETS:
+        raise SsmrecError(f"--data is a path: say whose settings to use with --preset {'|'.join(PRESETS)}")
     return preset, [f"data.source={Path(data).resolve()}"]
 
 
@@ -71,32 +76,42 @@ def cmd_bench_seq(args) -> int:
     modes = ["all_positions", "prefixes"] if args.mode == "both" else [args.mode]
     if args.epochs < 1:
         raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
+    variants = ["id"]
+    if args.item_features:
+        features = Path(args.item_features)
+        if not features.is_file():
+            raise SsmrecError(f"--item-features {features}: file not found (ssmrec embed writes item_emb.parquet)")
+        variants.append("id+vectors")
     out = check_output_dir(args.out, "bench output")
     runs = []
     for model in models:
         for mode in (["cloze"] if model == "bert4rec" else modes):
-            sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
-                            f"out_dir={out / 'runs'}", f"name={model}-{mode}", f"data.train_mode={mode}"]
-            if args.threads > 0:
-                sets.append(f"train.threads={args.threads}")
-            if mode == "prefixes":  # batch counts samples: prefixes are ~7x smaller than users on Amazon
-                sets.append(f"train.batch_size={args.prefix_batch_size}")
-            sets += list(args.set or [])
-            config = f"seq/{dataset}_{model}"
-            load_config(config, sets)  # every config is validated before anything trains
-            runs.append((model, mode, config, sets))
+            for variant in variants:
+                run_name = f"{model}-{mode}" + ("-vectors" if variant != "id" else "")
+                sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
+                                f"out_dir={out / 'runs'}", f"name={run_name}", f"data.train_mode={mode}"]
+                if variant != "id":
+                    sets += [f"data.item_features={features.resolve()}",
+                             f"data.item_feature_mode={args.item_feature_mode}"]
+                if args.threads > 0:
+                    sets.append(f"train.threads={args.threads}")
+                if mode == "prefixes":  # batch counts samples: prefixes are ~7x smaller than users on Amazon
+                    sets.append(f"train.batch_size={args.prefix_batch_size}")
+                sets += list(args.set or [])
+                config = f"seq/{dataset}_{model}"
+                load_config(config, sets)  # every config is validated before anything trains
+                runs.append((model, mode, variant, run_name, config, sets))
     results = []
-    for model, mode, config, sets in runs:
-        label = f"{model} ({mode})"
-        print(f"[bench seq] {label} ...", flush=True)
+    for model, mode, variant, run_name, config, sets in runs:
+        print(f"[bench seq] {_label(model, mode, variant)} ...", flush=True)
         cmd = [sys.executable, "-m", "ssmrec.cli", "train", "--config", config, "--overwrite"]
         for s in sets:
             cmd += ["--set", s]
         t0 = time.perf_counter()
-        code, rss = _run(cmd, out / f"{model}-{mode}.log")
-        rec = {"model": model, "mode": mode, "config": config, "exit_code": code, "peak_rss_mb": rss,
-               "wall_s": time.perf_counter() - t0}
-        run_dir = out / "runs" / f"{model}-{mode}"
+        code, rss = _run(cmd, out / f"{run_name}.log")
+        rec = {"model": model, "mode": mode, "items": variant, "config": config, "exit_code": code,
+               "peak_rss_mb": rss, "wall_s": time.perf_counter() - t0}
+        run_dir = out / "runs" / run_name
         if code == 0 and (run_dir / "summary.json").exists():
             s = json.loads((run_dir / "summary.json").read_text())
             hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +124,7 @@ def cmd_bench_seq(args) -> int:
                        oracle_ndcg10=s.get("oracle_ndcg@10_test"), popularity_ndcg10=s.get("popularity_ndcg@10_test"),
                        curve=[h.get("valid_ndcg@10") for h in hist])
         else:
-            tail = (out / f"{model}-{mode}.log").read_text().strip().splitlines()[-1:] or [""]
+            tail = (out / f"{run_name}.log").read_text().strip().splitlines()[-1:] or [""]
             rec.update(status="failed", error=one_line(tail[0], 300))
         results.append(rec)
         _write(out, dataset, args, results)
@@ -117,8 +132,12 @@ def cmd_bench_seq(args) -> int:
     print((out / "results.md").read_text())
     if failed:
         raise SsmrecError(f"{len(failed)} of {len(results)} runs failed: "
-                          + "; ".join(f"{r['model']} ({r['mode']}): {r['error']}" for r in failed))
+                          + "; ".join(f"{_label(r['model'], r['mode'], r['items'])}: {r['error']}" for r in failed))
     return 0
+
+
+def _label(model: str, mode: str, items: str) -> str:
+    return f"{model} ({mode}" + (", + item vectors)" if items != "id" else ")")
 
 
 def _fmt(v, spec=".4f"):
@@ -127,14 +146,16 @@ def _fmt(v, spec=".4f"):
 
 def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
     meta = {"dataset": dataset, "data": args.data, "epochs": args.epochs, "seed": args.seed,
-            "threads": args.threads, "set": list(args.set or []), "machine": machine_info()}
+            "threads": args.threads, "set": list(args.set or []), "item_features": args.item_features,
+            "item_feature_mode": args.item_feature_mode if args.item_features else None,
+            "machine": machine_info()}
     write_json_atomic(out / "results.json", {"meta": meta, "records": results})
     ok = [r for r in results if r["status"] == "ok"]
     paper = PAPER.get(dataset, {})
     rows = []
     for r in ok:
         p = paper.get(r["model"])
-        rows.append([r["model"], r["mode"], f"{r['params']:,}", _fmt(r["hr@10"]), _fmt(r["ndcg@10"]), _fmt(r["mrr@10"]),
+        rows.append([r["model"], r["mode"], r["items"], f"{r['params']:,}", _fmt(r["hr@10"]), _fmt(r["ndcg@10"]), _fmt(r["mrr@10"]),
                      " / ".join(_fmt(x) for x in p) if p else "n/a",
                      f"{r['train_s_min']:.1f} / {r['train_s_median']:.1f}", f"{r['pairs_per_s']:,.0f}",
                      _fmt(r["infer_ms_per_4096_users"], ".0f"), f"{r['peak_rss_mb']:.0f}",
@@ -142,22 +163,33 @@ def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
     lines = [f"# `ssmrec bench seq` — {dataset}", "",
              f"Test metrics at the best valid NDCG@10 epoch; {args.epochs} epoch(s) at most, seed {args.seed}; "
              f"each run its own process. Ties ranked pessimistically; full ranking over all items.", "",
-             markdown_table(["model", "mode", "params", "HR@10", "NDCG@10", "MRR@10", "paper HR / NDCG / MRR @10",
+             markdown_table(["model", "mode", "items", "params", "HR@10", "NDCG@10", "MRR@10", "paper HR / NDCG / MRR @10",
                              "train s/epoch (min / median)", "pairs/s", "infer ms / 4,096 users",
                              "peak RSS MB", "best / epochs"], rows)]
+    with_vectors = {(r["model"], r["mode"]): r for r in ok if r["items"] != "id"}
+    pairs = [(r, with_vectors[(r["model"], r["mode"])]) for r in ok
+             if r["items"] == "id" and (r["model"], r["mode"]) in with_vectors]
+    if pairs:
+        lines += ["", f"Item vectors ({args.item_features}, `{args.item_feature_mode}`): test NDCG@10 "
+                  "with ID embeddings only and with the frozen vectors.", "",
+                  markdown_table(["model", "mode", "NDCG@10 ids", "NDCG@10 + vectors", "change", "params added"],
+                                 [[a["model"], a["mode"], _fmt(a["ndcg@10"]), _fmt(b["ndcg@10"]),
+                                   f"{(b['ndcg@10'] / a['ndcg@10'] - 1) * 100:+.1f} %" if a["ndcg@10"] else "n/a",
+                                   f"{b['params'] - a['params']:,}"] for a, b in pairs])]
     if ok and ok[0].get("oracle_ndcg10") is not None:
         lines += ["", f"Oracle test NDCG@10 (the true next-item law): **{ok[0]['oracle_ndcg10']:.4f}**."]
     if ok:
         lines += ["", f"Popularity baseline test NDCG@10: {ok[0]['popularity_ndcg10']:.4f}."]
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
-        lines += ["", "**Failed:** " + "; ".join(f"{r['model']} ({r['mode']}): {r['error']}" for r in failed)]
+        lines += ["", "**Failed:** " + "; ".join(f"{_label(r['model'], r['mode'], r['items'])}: {r['error']}"
+                                                 for r in failed)]
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
     if ok:
         plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for r in ok:
-            label = f"{r['model']} ({r['mode']})"
+            label = _label(r["model"], r["mode"], r["items"])
             axes[0].scatter(r["train_s_median"], r["ndcg@10"], label=label)
             axes[1].plot(range(1, len(r["curve"]) + 1), r["curve"], "o-", ms=3, label=label)
         axes[0].set_xlabel("train s / epoch (median)"), axes[0].set_ylabel("test NDCG@10"), axes[0].legend(fontsize=7)
@@ -171,13 +203,18 @@ def add_parser(subparsers) -> None:
                               description="Train next-item models on one dataset with the same split, seed and "
                                           "budget (each in its own process); write results.json, results.md "
                                           "and results.png.")
-    p.add_argument("--data", default="synth", help="synth | beauty | games | ml100k, or a dataset path (+ --preset)")
-    p.add_argument("--preset", help="whose settings a --data path uses: beauty | games | ml100k | synth")
+    p.add_argument("--data", default="synth",
+                   help="synth | beauty | games | ml100k | ml50k (MicroLens-50K), or a dataset path (+ --preset)")
+    p.add_argument("--preset", help=f"whose settings a --data path uses: {' | '.join(PRESETS)}")
     p.add_argument("--models", default="mamba4rec,sasrec", help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--mode", default="all_positions", choices=["all_positions", "prefixes", "both"],
                    help="training mode of the causal models (BERT4Rec always trains with cloze)")
     p.add_argument("--epochs", type=int, default=20, help="epochs at most (early stopping may end sooner)")
     p.add_argument("--prefix-batch-size", type=int, default=2048, help="batch size in prefixes mode (the paper's)")
+    p.add_argument("--item-features", metavar="PARQUET",
+                   help="ssmrec embed's item_emb.parquet: run every model with and without these item vectors")
+    p.add_argument("--item-feature-mode", default="add", choices=["add", "replace"],
+                   help="how the projected vectors join the ID embeddings (default add)")
     p.add_argument("--seed", type=int, default=2020, help="train.seed for every run (RecBole's default)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (0 = torch default)")
     p.add_argument("--out", default="runs/bench-seq", help="output folder")

@@ -29,3 +29,31 @@ def test_bench_seq_bad_arguments_are_one_line(tmp_path):
     assert r.returncode == 2 and "unknown model 'gpt'" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("bench", "seq", "--data", tmp_path, "--out", tmp_path / "b")
     assert r.returncode == 2 and "--preset" in r.stderr
+    r = run_cli("bench", "seq", "--item-features", tmp_path / "none.parquet", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "--item-features" in r.stderr and "file not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_seq_item_vectors_run_every_model_with_and_without(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feat = tmp_path / "item_emb.parquet"
+    vecs = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+    pq.write_table(pa.table({"item_id": np.arange(1, 401), "item_emb_d8": pa.array(list(vecs))}), feat)
+    out = tmp_path / "b"
+    r = run_cli("bench", "seq", "--data", "synth", "--models", "mamba4rec", "--epochs", "1", "--threads", "1",
+                "--out", out, "--set", "data.source=synth-tiny", "--set", "data.max_len=20",
+                "--set", "model_params={hidden_size: 16, max_len: 20}", "--item-features", feat)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    recs = {x["items"]: x for x in res["records"]}
+    assert set(recs) == {"id", "id+vectors"} and all(x["status"] == "ok" for x in recs.values())
+    assert recs["id+vectors"]["params"] > recs["id"]["params"]  # the learned projection of the vectors
+    cfg = (out / "runs" / "mamba4rec-all_positions-vectors" / "config.yaml").read_text()
+    assert str(feat) in cfg and "item_feature_mode: add" in cfg
+    assert "item_features: null" in (out / "runs" / "mamba4rec-all_positions" / "config.yaml").read_text()
+    md = (out / "results.md").read_text()
+    assert "NDCG@10 + vectors" in md and "id+vectors" in md
+    assert res["meta"]["item_features"] == str(feat)
