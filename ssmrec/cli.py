@@ -77,22 +77,20 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_for_scoring(args):
+def _load_for_scoring(args, loaded=None):
     from ssmrec.train.trainer import load_trained
 
     if args.split not in ("train", "valid", "test"):
         raise SsmrecError(f"--split must be one of train, valid, test, got {args.split!r}")
-    return load_trained(args.checkpoint, args.data, splits=(args.split,))
+    return load_trained(args.checkpoint, args.data, splits=(args.split,), loaded=loaded)
 
 
-def _evaluate_other_task(args, task_name: str) -> int:
-    """Tasks other than CTR: rebuild the model from the checkpoint, load the task's data (the folder the
-    run used, or --data) and print the task's metrics on --split."""
-    from ssmrec.train.trainer import load_model
-
+def _evaluate_other_task(args, loaded) -> int:
+    """Tasks other than CTR: the model rebuilt from the checkpoint, the task's data (the folder the run
+    used, or --data) loaded, and the task's metrics on --split printed."""
+    model, cfg, task, ck = loaded
     if args.split not in ("valid", "test"):
-        raise SsmrecError(f"--split must be one of valid, test for task '{task_name}', got {args.split!r}")
-    model, cfg, task, ck = load_model(args.checkpoint)
+        raise SsmrecError(f"--split must be one of valid, test for task '{cfg.task}', got {args.split!r}")
     if args.data:
         cfg.data.source = str(args.data)
     task.setup(("valid", "test"))
@@ -104,12 +102,12 @@ def _evaluate_other_task(args, task_name: str) -> int:
 def _cmd_evaluate(args) -> int:
     from ssmrec.data.mmctr import read_truth
     from ssmrec.tasks.ctr import evaluate_split
-    from ssmrec.train import checkpoint
+    from ssmrec.train.trainer import load_model
 
-    task_name = checkpoint.load(args.checkpoint).get("config", {}).get("task", "ctr")
-    if task_name != "ctr":
-        return _evaluate_other_task(args, task_name)
-    model, cfg, data = _load_for_scoring(args)
+    loaded = load_model(args.checkpoint)  # the checkpoint is read once, whatever its task
+    if loaded[1].task != "ctr":
+        return _evaluate_other_task(args, loaded)
+    model, cfg, data = _load_for_scoring(args, loaded)
     if args.split not in data.splits:
         raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
     split = data.splits[args.split]

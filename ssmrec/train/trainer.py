@@ -448,11 +448,12 @@ def load_model(ckpt_path, device="cpu"):
     return model, cfg, task, ck
 
 
-def load_trained(ckpt_path, data_dir=None, splits=("valid", "test")):
+def load_trained(ckpt_path, data_dir=None, splits=("valid", "test"), loaded=None):
     """Load ``best.pt``/``last.pt`` plus the requested splits of matching data; returns
-    ``(model, config, data)``. The model comes from the checkpoint alone; ``data_dir`` (default: the
-    folder it was trained on) is read only for the splits to score."""
-    model, cfg, task, ck = load_model(ckpt_path)
+    ``(model, config, data)``. The model comes from the checkpoint alone (``loaded``: what
+    ``load_model`` already returned for it); ``data_dir`` (default: the folder it was trained on) is
+    read only for the splits to score."""
+    model, cfg, task, ck = loaded or load_model(ckpt_path)
     if data_dir:
         cfg.data.dir = str(data_dir)
     else:
