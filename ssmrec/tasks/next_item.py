@@ -52,6 +52,12 @@ class NextItemDataConfig(BaseModel):
     # the batches' order is shuffled again). Same samples, far fewer padding tokens: most Amazon
     # histories are much shorter than max_len. RecBole does not do this; false = its plain shuffle.
     bucket_by_length: Bool = True
+    # all_positions: how a batch's per-position CE losses are averaged. "pairs": divided by the epoch's
+    # mean number of (prefix, next) pairs per batch, so every pair weighs the same in every batch, as
+    # in prefixes mode's fixed-size batches (length-bucketed user batches hold 3 to 50 pairs per user;
+    # a plain mean would weigh a short history's pairs up to ~15x more than a long one's). "batch":
+    # the plain mean over the batch's pairs.
+    loss_normalization: Literal["pairs", "batch"] = "pairs"
     ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     seed: NonNegInt = 0  # the synthetic world's seed
     # Multimodal items (ours): a parquet with item_id + one list<float> column (e.g. `ssmrec embed`'s
@@ -285,6 +291,8 @@ class NextItemTask(Task):
         return np.minimum(ends - starts - (1 if mode == "all_positions" else 0), self._L)
 
     def arrange_epoch(self, order: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
+        if self._samples[0] == "all_positions":
+            self._pairs_per_batch = float(self.sample_lengths().mean()) * min(batch_size, len(order))
         if not self.cfg.data.bucket_by_length or len(order) <= batch_size:
             return order
         o = order.numpy()
@@ -350,7 +358,11 @@ class NextItemTask(Task):
         return model
 
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(model_out["logits"], model_out["labels"])
+        ce_sum = F.cross_entropy(model_out["logits"], model_out["labels"], reduction="sum")
+        ce = ce_sum / max(len(model_out["labels"]), 1)  # the mean, logged: comparable across modes
+        per_pair = getattr(self, "_pairs_per_batch", None)
+        if per_pair and self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions":
+            return {"ce": ce, "loss": ce_sum / per_pair}
         return {"ce": ce, "loss": ce}
 
     @torch.no_grad()

@@ -72,6 +72,26 @@ def test_all_positions_and_prefixes_give_the_same_loss_on_the_same_pairs(model):
     torch.testing.assert_close(la, lp, atol=1e-5, rtol=1e-5)
 
 
+def test_pairs_normalization_weighs_every_pair_alike_across_user_batches():
+    """all_positions batches hold users with 2 to 5 pairs here; with ``loss_normalization: pairs`` the
+    epoch's batch losses average to the mean over all pairs (what prefixes mode optimises), with
+    ``batch`` (a plain per-batch mean) they do not."""
+    a, p = _toy_task("all_positions", "mamba4rec"), _toy_task("prefixes", "mamba4rec")
+    torch.manual_seed(0)
+    net = a.build_model().eval()
+    with torch.no_grad():
+        bp = p.train_batch(torch.arange(p.num_train_samples()))
+        pair_mean = p.loss(net(bp), bp)["loss"]
+        a.arrange_epoch(torch.arange(3), batch_size=1, seed=0)  # one user per batch
+        batches = [a.train_batch(torch.tensor([u])) for u in range(3)]
+        assert [int((b.target > 0).sum()) for b in batches] == [4, 2, 5]
+        per_pairs = torch.stack([a.loss(net(b), b)["loss"] for b in batches])
+        a.cfg.data.loss_normalization = "batch"
+        per_batch = torch.stack([a.loss(net(b), b)["loss"] for b in batches])
+    torch.testing.assert_close(per_pairs.mean(), pair_mean, atol=1e-5, rtol=1e-5)
+    assert abs(float(per_batch.mean() - pair_mean)) > 1e-3
+
+
 @pytest.mark.parametrize("model", CAUSAL)
 def test_models_are_causal_and_ignore_trailing_padding(model):
     task = _toy_task("all_positions", model)
