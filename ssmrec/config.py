@@ -241,10 +241,6 @@ def load_config(name_or_path, overrides: list[str] | None = None) -> RunConfig:
     return from_dict(apply_overrides(d, overrides), source=str(path))
 
 
-# Fields added with a default that differs from what the code did before they existed.
-LEGACY_VALUES = {"data.loss_normalization": "batch"}
-
-
 def resume_incompatibilities(old: dict, new: dict) -> list[str]:
     """Dotted keys whose change makes ``--resume`` continue a different run (model, data, batch,
     optimiser, seed...). Budget and bookkeeping keys (epochs, patience, threads, progress,
@@ -266,9 +262,5 @@ def resume_incompatibilities(old: dict, new: dict) -> list[str]:
     if "task" not in a:  # checkpoints from before tasks existed were CTR runs
         a["task"] = "ctr"
     # The saved config is fully resolved, so a key it lacks did not exist when the run started: a
-    # field added by a newer version. Its default keeps the old behaviour, except where LEGACY_VALUES
-    # names what the old code did.
-    for k, legacy in LEGACY_VALUES.items():
-        if k not in a and k in b:
-            a[k] = legacy
+    # field added by a newer version, whose default keeps the old behaviour.
     return sorted(k for k in set(a) | set(b) if k not in may_change and k in a and a.get(k) != b.get(k))

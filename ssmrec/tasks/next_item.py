@@ -52,12 +52,12 @@ class NextItemDataConfig(BaseModel):
     # the batches' order is shuffled again). Same samples, far fewer padding tokens: most Amazon
     # histories are much shorter than max_len. RecBole does not do this; false = its plain shuffle.
     bucket_by_length: Bool = True
-    # all_positions: how a batch's per-position CE losses are averaged. "pairs": divided by the epoch's
-    # mean number of (prefix, next) pairs per batch, so every pair weighs the same in every batch, as
-    # in prefixes mode's fixed-size batches (length-bucketed user batches hold 3 to 50 pairs per user;
-    # a plain mean would weigh a short history's pairs up to ~15x more than a long one's). "batch":
-    # the plain mean over the batch's pairs.
-    loss_normalization: Literal["pairs", "batch"] = "pairs"
+    # all_positions: how a batch's per-position CE losses are averaged. "batch": the plain mean over
+    # the batch's pairs. "pairs": divided by the epoch's mean number of pairs per batch, so every
+    # (prefix, next) pair weighs the same in every batch, as in prefixes mode's fixed-size batches
+    # (length-bucketed user batches hold 2 to 49 pairs per user, so a plain mean weighs a short
+    # history's pairs more). Measured on amazon-beauty it did not train better (README), so "batch".
+    loss_normalization: Literal["batch", "pairs"] = "batch"
     ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     seed: NonNegInt = 0  # the synthetic world's seed
     # Multimodal items (ours): a parquet with item_id + one list<float> column (e.g. `ssmrec embed`'s

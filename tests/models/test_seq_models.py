@@ -82,6 +82,7 @@ def test_pairs_normalization_weighs_every_pair_alike_across_user_batches():
     with torch.no_grad():
         bp = p.train_batch(torch.arange(p.num_train_samples()))
         pair_mean = p.loss(net(bp), bp)["loss"]
+        a.cfg.data.loss_normalization = "pairs"
         a.arrange_epoch(torch.arange(3), batch_size=1, seed=0)  # one user per batch
         batches = [a.train_batch(torch.tensor([u])) for u in range(3)]
         assert [int((b.target > 0).sum()) for b in batches] == [4, 2, 5]

@@ -245,11 +245,6 @@ def test_resume_accepts_fields_added_by_a_newer_version_but_not_changed_ones():
     assert resume_incompatibilities(old, new) == ["data.max_len"]
     del new["data"]["max_len"]  # a field the newer version dropped is still a change
     assert resume_incompatibilities(old, new) == ["data.max_len"]
-    new = {"task": "next_item", "data": {"max_len": 50, "loss_normalization": "pairs"}, "train": {"lr": 1e-3}}
-    old["train"].pop("epochs")
-    assert resume_incompatibilities(old, new) == ["data.loss_normalization"]  # the old code averaged per batch
-    new["data"]["loss_normalization"] = "batch"
-    assert resume_incompatibilities(old, new) == []
 
 
 def test_resume_rewrites_metrics_from_the_checkpoint(tiny_world, tmp_path):
