@@ -73,7 +73,7 @@ def cmd_bench_seq(args) -> int:
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
         raise SsmrecError(f"--models: unknown model '{bad[0] if bad else ''}' (choose from {', '.join(MODELS)})")
-    modes = ["all_positions", "prefixes"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["all_positions", "prefixes"], "config": [None]}.get(args.mode, [args.mode])
     if args.epochs < 1:
         raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
     variants = ["id"]
@@ -85,20 +85,23 @@ def cmd_bench_seq(args) -> int:
     out = check_output_dir(args.out, "bench output")
     runs = []
     for model in models:
+        config = f"seq/{dataset}_{model}"
         for mode in (["cloze"] if model == "bert4rec" else modes):
+            mode = mode or load_config(config, extra).data.train_mode  # --mode config: the config's own
             for variant in variants:
                 run_name = f"{model}-{mode}" + ("-vectors" if variant != "id" else "")
                 sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
-                                f"out_dir={out / 'runs'}", f"name={run_name}", f"data.train_mode={mode}"]
+                                f"out_dir={out / 'runs'}", f"name={run_name}"]
+                if args.mode != "config":
+                    sets.append(f"data.train_mode={mode}")
                 if variant != "id":
                     sets += [f"data.item_features={features.resolve()}",
                              f"data.item_feature_mode={args.item_feature_mode}"]
                 if args.threads > 0:
                     sets.append(f"train.threads={args.threads}")
-                if mode == "prefixes":  # batch counts samples: prefixes are ~7x smaller than users on Amazon
-                    sets.append(f"train.batch_size={args.prefix_batch_size}")
+                if args.mode != "config":  # batch counts samples: users in all_positions, prefixes else
+                    sets.append(f"train.batch_size={args.prefix_batch_size if mode == 'prefixes' else args.user_batch_size}")
                 sets += list(args.set or [])
-                config = f"seq/{dataset}_{model}"
                 load_config(config, sets)  # every config is validated before anything trains
                 runs.append((model, mode, variant, run_name, config, sets))
     results = []
@@ -207,10 +210,14 @@ def add_parser(subparsers) -> None:
                    help="synth | beauty | games | ml100k | ml50k (MicroLens-50K), or a dataset path (+ --preset)")
     p.add_argument("--preset", help=f"whose settings a --data path uses: {' | '.join(PRESETS)}")
     p.add_argument("--models", default="mamba4rec,sasrec", help=f"comma-separated, from {', '.join(MODELS)}")
-    p.add_argument("--mode", default="all_positions", choices=["all_positions", "prefixes", "both"],
-                   help="training mode of the causal models (BERT4Rec always trains with cloze)")
+    p.add_argument("--mode", default="config", choices=["config", "all_positions", "prefixes", "both"],
+                   help="training mode of the causal models: config (default) = each config's own mode and batch "
+                        "size; BERT4Rec always trains with cloze")
     p.add_argument("--epochs", type=int, default=20, help="epochs at most (early stopping may end sooner)")
-    p.add_argument("--prefix-batch-size", type=int, default=2048, help="batch size in prefixes mode (the paper's)")
+    p.add_argument("--prefix-batch-size", type=int, default=2048,
+                   help="prefixes per step when --mode sets prefixes (the paper's 2048)")
+    p.add_argument("--user-batch-size", type=int, default=256,
+                   help="users per step when --mode sets all_positions (≈ 7 pairs each on Amazon)")
     p.add_argument("--item-features", metavar="PARQUET",
                    help="ssmrec embed's item_emb.parquet: run every model with and without these item vectors")
     p.add_argument("--item-feature-mode", default="add", choices=["add", "replace"],
