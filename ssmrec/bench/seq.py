@@ -92,15 +92,14 @@ def cmd_bench_seq(args) -> int:
                 run_name = f"{model}-{mode}" + ("-vectors" if variant != "id" else "")
                 sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
                                 f"out_dir={out / 'runs'}", f"name={run_name}"]
-                if args.mode != "config":
-                    sets.append(f"data.train_mode={mode}")
+                if args.mode != "config":  # batch counts samples: users in all_positions, prefixes else
+                    batch = args.prefix_batch_size if mode == "prefixes" else args.user_batch_size
+                    sets += [f"data.train_mode={mode}", f"train.batch_size={batch}"]
                 if variant != "id":
                     sets += [f"data.item_features={features.resolve()}",
                              f"data.item_feature_mode={args.item_feature_mode}"]
                 if args.threads > 0:
                     sets.append(f"train.threads={args.threads}")
-                if args.mode != "config":  # batch counts samples: users in all_positions, prefixes else
-                    sets.append(f"train.batch_size={args.prefix_batch_size if mode == 'prefixes' else args.user_batch_size}")
                 sets += list(args.set or [])
                 load_config(config, sets)  # every config is validated before anything trains
                 runs.append((model, mode, variant, run_name, config, sets))

@@ -220,6 +220,7 @@ class NextItemTask(Task):
         super().__init__(cfg)
         self.data = data
         self._samples = None
+        self._pairs_per_batch = None  # all_positions: the epoch's mean pairs per batch (arrange_epoch)
         self._features: torch.Tensor | None = None
 
     @classmethod
@@ -360,9 +361,8 @@ class NextItemTask(Task):
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         ce_sum = F.cross_entropy(model_out["logits"], model_out["labels"], reduction="sum")
         ce = ce_sum / max(len(model_out["labels"]), 1)  # the mean, logged: comparable across modes
-        per_pair = getattr(self, "_pairs_per_batch", None)
-        if per_pair and self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions":
-            return {"ce": ce, "loss": ce_sum / per_pair}
+        if self._pairs_per_batch and self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions":
+            return {"ce": ce, "loss": ce_sum / self._pairs_per_batch}
         return {"ce": ce, "loss": ce}
 
     @torch.no_grad()
