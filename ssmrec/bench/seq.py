@@ -157,7 +157,8 @@ def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
     rows = []
     for r in ok:
         p = paper.get(r["model"])
-        rows.append([r["model"], r["mode"], r["items"], f"{r['params']:,}", _fmt(r["hr@10"]), _fmt(r["ndcg@10"]), _fmt(r["mrr@10"]),
+        rows.append([r["model"], r["mode"], r["items"], f"{r['params']:,}",
+                     _fmt(r["hr@10"]), _fmt(r["ndcg@10"]), _fmt(r["mrr@10"]),
                      " / ".join(_fmt(x) for x in p) if p else "n/a",
                      f"{r['train_s_min']:.1f} / {r['train_s_median']:.1f}", f"{r['pairs_per_s']:,.0f}",
                      _fmt(r["infer_ms_per_4096_users"], ".0f"), f"{r['peak_rss_mb']:.0f}",
@@ -165,7 +166,8 @@ def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
     lines = [f"# `ssmrec bench seq` — {dataset}", "",
              f"Test metrics at the best valid NDCG@10 epoch; {args.epochs} epoch(s) at most, seed {args.seed}; "
              f"each run its own process. Ties ranked pessimistically; full ranking over all items.", "",
-             markdown_table(["model", "mode", "items", "params", "HR@10", "NDCG@10", "MRR@10", "paper HR / NDCG / MRR @10",
+             markdown_table(["model", "mode", "items", "params", "HR@10", "NDCG@10", "MRR@10",
+                             "paper HR / NDCG / MRR @10",
                              "train s/epoch (min / median)", "pairs/s", "infer ms / 4,096 users",
                              "peak RSS MB", "best / epochs"], rows)]
     with_vectors = {(r["model"], r["mode"]): r for r in ok if r["items"] != "id"}

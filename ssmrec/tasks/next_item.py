@@ -361,7 +361,8 @@ class NextItemTask(Task):
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         ce_sum = F.cross_entropy(model_out["logits"], model_out["labels"], reduction="sum")
         ce = ce_sum / max(len(model_out["labels"]), 1)  # the mean, logged: comparable across modes
-        if self._pairs_per_batch and self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions":
+        pairs_mode = self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions"
+        if pairs_mode and self._pairs_per_batch:
             return {"ce": ce, "loss": ce_sum / self._pairs_per_batch}
         return {"ce": ce, "loss": ce}
 
