@@ -1,4 +1,4 @@
-"""`ssmrec bench block`: Mamba blocks vs their GEMM floor vs an equal-width Transformer layer.
+"""`ssmrec bench block`: Mamba blocks vs their GEMM floor and GEMM-only time vs an equal-width Transformer layer.
 
 Everything is timed in one process; for each (L, mode) the implementations run in turns (A, B, C,
 A, B, C, ...), so load from other processes spreads over all of them instead of hitting one. For each L (default 64, 200, 1024) at a fixed token budget per batch
@@ -15,15 +15,27 @@ Implementations (``--impls``):
 * ``mamba1_floor`` / ``mamba2_floor`` -- the GEMM floor: the same block (projections, conv, gate,
   norm) with the scan replaced by an identity that still consumes delta/B/C, so every projection's
   backward still runs; no scan can make the block faster than this;
+* ``mamba1_gemm`` / ``mamba2_gemm`` -- GEMM only: the block's own ``nn.Linear`` layers alone, on
+  pre-made inputs of their real shapes, with no conv, gate, norm or other elementwise work between
+  them (train: their forward, dX and dW matmuls, then Adam). This is what the CPU's matmul library
+  does with the block's matmuls, so every other figure can be read as a multiple of it;
 * ``transformer`` -- ``nn.TransformerEncoderLayer(d_model, 1 head, FFN d_model, no dropout)``.
+
+Each (impl, L, mode) is also run once more, untimed, under ``torch.utils.flop_counter.FlopCounterMode``:
+``counted_gflop`` is the *matmul* FLOPs of one call (matmuls, attention, convolutions; the fused C++
+kernels -- scan and causal conv -- are invisible to it, while the PyTorch reference scans are partly
+counted because their einsums lower to bmm), and ``gflops_per_s_median`` = counted / median time. For
+the impls that run a scan, ``scan_gflop_est`` is an analytic estimate of the recurrence's own
+arithmetic (:func:`scan_gflop_est`), which the counter misses for the fused kernel.
 
 Also timed: ``step()`` latency for one token of one user (batch 1) with the fused and the
 reference recurrence, i.e. the online-serving update, and optionally (``--ctr-data DIR``) MambaCTR
 training throughput vs its Transformer twin (the paper's ablated model: Stage I = 2 encoder
 layers) on real batches (samples/s).
 
-Outputs: a printed table with ratios, ``--json`` (one record per impl x L x mode with ``impl``,
-``L``, ``mode``, ``ms_median``, ``ms_min`` ...) and ``--plot`` (PNG, time vs L per mode).
+Outputs: printed tables (times; ratios; FLOPs and time as a multiple of GEMM only), ``--json`` (one
+record per impl x L x mode with ``impl``, ``L``, ``mode``, ``ms_median``, ``ms_min``, ``counted_gflop``,
+``gflops_per_s_median``, ``scan_gflop_est`` ...) and ``--plot`` (PNG, time vs L per mode).
 """
 
 from __future__ import annotations
@@ -36,10 +48,25 @@ from ssmrec.bench.common import (machine_info, markdown_table, pyplot, save_figu
                                  write_json_atomic)
 from ssmrec.errors import ConfigError
 
-ALL_IMPLS = ("mamba1_ref", "mamba1_fused", "mamba1_floor", "mamba2_ref", "mamba2_chunked", "mamba2_fused",
-             "mamba2_floor", "transformer")
+ALL_IMPLS = ("mamba1_ref", "mamba1_fused", "mamba1_floor", "mamba1_gemm", "mamba2_ref", "mamba2_chunked",
+             "mamba2_fused", "mamba2_floor", "mamba2_gemm", "transformer")
 DEFAULT_IMPLS = ALL_IMPLS
 SLOW_IMPLS = ("mamba1_ref", "mamba2_ref")  # sequential Python loops: fewer repeats, skipped past --ref-max-len
+
+# Analytic arithmetic of the selective-scan recurrence alone, per token, per channel (d_inner) and
+# per state element (d_state), an exp counted as one flop:
+#   Mamba-1: dA = exp(delta * A) (2), h = dA * h + (delta * u) * B (3; delta * u is per channel),
+#            y += C * h (2)                                                                  -> 7
+#   Mamba-2: A is one scalar per head, so exp(delta * A) is per head, not per state element:
+#            h = dA * h + (delta * u) * B (3), y += C * h (2)                                -> 5
+# Per-channel terms (the D skip, the z gate) are O(d_inner), not O(d_inner * d_state), and left out.
+# Training ~ 3x forward: the forward, then a backward that recomputes the states and runs the adjoint
+# recurrence (dh plus the du / ddelta / dA / dB / dC terms, ~ 2x the forward's arithmetic).
+# It is the sequential recurrence's work whatever the algorithm: the chunked SSD does more (its
+# within-chunk quadratic form), and those einsums are already in counted_gflop.
+SCAN_FLOPS_PER_STATE = {"mamba1": 7, "mamba2": 5}
+SCAN_TRAIN_FACTOR = 3
+SCAN_KINDS = ("ref", "chunked", "fused")
 
 
 def _identity_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -70,7 +97,8 @@ def _gemm_floor():
 
 
 def build_impl(impl: str, d_model: int, d_state: int, expand: int, headdim: int):
-    """(module, context manager factory) for an implementation name."""
+    """(module, context manager factory) for an implementation name. ``*_gemm`` builds the real block
+    (its scan never runs, so the pure-PyTorch one is picked: no kernel build) for its Linear layers."""
     import torch.nn as nn
 
     from ssmrec.nn.mamba import Mamba, Mamba2
@@ -79,12 +107,53 @@ def build_impl(impl: str, d_model: int, d_state: int, expand: int, headdim: int)
         return nn.TransformerEncoderLayer(d_model, 1, dim_feedforward=d_model, dropout=0.0, batch_first=True), \
             contextlib.nullcontext
     version, kind = impl.split("_")
-    scan = {"ref": "ref", "chunked": "chunked", "fused": "fused", "floor": "fused"}[kind]
+    scan = {"ref": "ref", "chunked": "chunked", "fused": "fused", "floor": "fused", "gemm": "ref"}[kind]
     if version == "mamba1":
         block = Mamba(d_model, d_state=d_state, expand=expand, scan_impl=scan)
     else:
         block = Mamba2(d_model, d_state=d_state, expand=expand, headdim=headdim, scan_impl=scan)
     return block, (_gemm_floor if kind == "floor" else contextlib.nullcontext)
+
+
+def gemm_linears(block) -> list:
+    """The block's ``nn.Linear`` layers in registration order (Mamba-1: in_proj, x_proj, dt_proj,
+    out_proj; Mamba-2: in_proj, out_proj): the matmuls the GEMM-only impl runs."""
+    import torch.nn as nn
+
+    return [m for m in block.modules() if isinstance(m, nn.Linear)]
+
+
+def make_gemm_runner(block, L, batch, mode):
+    """GEMM only: each of the block's Linear layers on a pre-made (batch, L, in_features) input, and
+    nothing else. In ``train`` the inputs are leaves that require grad and the output gradients are
+    pre-made, so ``autograd.backward`` runs exactly each Linear's dX and dW matmuls (no loss, no
+    elementwise chain), then the same Adam step + zero_grad as the block impls on the parameters that
+    got gradients (the Linears'; Adam skips the others anyway). The first Linear (in_proj) reads the
+    block's input, which needs no gradient in this bench (:func:`make_runner`), so it gets no dX
+    here either: the same matmuls as the block's training step, no more."""
+    import torch
+
+    linears = gemm_linears(block)
+    train = mode == "train"
+    xs = [torch.randn(batch, L, lin.in_features, requires_grad=train and k > 0) for k, lin in enumerate(linears)]
+    if not train:
+        def run():
+            with torch.no_grad():
+                for lin, x in zip(linears, xs):
+                    lin(x)
+
+        return run
+    grads = [torch.randn(batch, L, lin.out_features) for lin in linears]
+    opt = torch.optim.Adam([p for lin in linears for p in lin.parameters()], lr=1e-4)
+
+    def run():
+        torch.autograd.backward([lin(x) for lin, x in zip(linears, xs)], grads)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for x in xs[1:]:  # dX is handed over fresh each call, as in the block, not accumulated
+            x.grad = None
+
+    return run
 
 
 def make_runner(impl, L, batch, mode, args):
@@ -93,6 +162,8 @@ def make_runner(impl, L, batch, mode, args):
 
     torch.manual_seed(0)
     block, ctx = build_impl(impl, args.d_model, args.d_state, args.expand, args.headdim)
+    if impl.endswith("_gemm"):
+        return make_gemm_runner(block, L, batch, mode)
     x = torch.randn(batch, L, args.d_model)
     opt = torch.optim.Adam(block.parameters(), lr=1e-4)
 
@@ -127,6 +198,48 @@ def time_round_robin(runners: dict, repeats: dict, warmup: int, bar=None) -> dic
             if bar is not None:
                 bar.update(1)
     return {name: summarize_times(t) for name, t in times.items()}
+
+
+def _flop_mapping() -> dict:
+    """FLOP formulas for the CPU attention kernel, which torch's counter does not map (it maps the
+    CUDA flash / efficient ones): without them the Transformer's QK^T and AV would count as zero."""
+    import torch
+    from torch.utils import flop_counter
+
+    def fwd(q, k, v, *args, out_shape=None, **kwargs):  # the counter passes shapes, not tensors
+        return flop_counter.sdpa_flop_count(q, k, v)
+
+    def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
+
+    aten = torch.ops.aten
+    out = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    return out
+
+
+def count_flops(run) -> int:
+    """Matmul FLOPs of one call of ``run`` (untimed: the counter intercepts every op). Counts
+    matmuls, attention and convolutions; custom C++ kernels (the fused scan and causal conv) are
+    not seen."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def scan_gflop_est(impl, L, batch, mode, args):
+    """Analytic GFLOP of the scan recurrence in one call (see SCAN_FLOPS_PER_STATE); None for impls
+    that run no scan (floor, GEMM only, Transformer)."""
+    version, _, kind = impl.partition("_")
+    if kind not in SCAN_KINDS:
+        return None
+    flops = batch * L * args.expand * args.d_model * args.d_state * SCAN_FLOPS_PER_STATE[version]
+    return flops * (SCAN_TRAIN_FACTOR if mode == "train" else 1) / 1e9
 
 
 def time_step(impl, args, n_steps=200):
@@ -217,8 +330,25 @@ def summarize(records):
             rows.append({"L": L, "mode": mode, "block": v, "fused_ms": fused,
                          "speedup_vs_ref": _ratio(t.get(f"{v}_ref"), fused),
                          "speedup_vs_chunked": _ratio(t.get(f"{v}_chunked"), fused),
+                         "fused_over_gemm_only": _ratio(fused, t.get(f"{v}_gemm")),
                          "fused_over_gemm_floor": _ratio(fused, t.get(f"{v}_floor")),
                          "transformer_over_fused": _ratio(t.get("transformer"), fused)})
+    return rows
+
+
+def flop_rows(records, lengths, modes, impls):
+    """Rows of the FLOP table; "x GEMM-only time" divides by the same version's ``*_gemm`` median
+    (n/a for the Transformer, which has no Mamba GEMM-only counterpart)."""
+    ms = {(r["impl"], r["L"], r["mode"]): r["ms_median"] for r in records}
+    rows = []
+    for L in lengths:
+        for mode in modes:
+            for r in (r for i in impls for r in records if r["impl"] == i and r["L"] == L and r["mode"] == mode):
+                version = r["impl"].split("_")[0]
+                gemm = ms.get((f"{version}_gemm", L, mode)) if version.startswith("mamba") else None
+                rows.append([L, mode, r["impl"], _fmt(r["ms_median"]), _fmt(r["counted_gflop"], 3),
+                             _fmt(r["gflops_per_s_median"]), _fmt(r["scan_gflop_est"], 3),
+                             _fmt(_ratio(r["ms_median"], gemm), 2)])
     return rows
 
 
@@ -232,7 +362,8 @@ def plot(records, path):
             if not pts:
                 continue
             Ls, med, mn = zip(*pts)
-            style = "--" if impl.endswith("floor") else (":" if impl.endswith(("ref", "chunked")) else "-")
+            style = ("--" if impl.endswith("floor") else "-." if impl.endswith("gemm")
+                     else ":" if impl.endswith(("ref", "chunked")) else "-")
             ax.plot(Ls, med, style, marker="o", label=impl)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -284,13 +415,16 @@ def cmd_bench_block(args) -> int:
     for L, batch, mode in cases:
         bar.set_postfix_str(f"L={L} B={batch} {mode}")
         names = case_impls[(L, mode)]
-        stats = time_round_robin({i: make_runner(i, L, batch, mode, args) for i in names},
-                                 {i: reps[i] for i in names}, args.warmup, bar)
+        runners = {i: make_runner(i, L, batch, mode, args) for i in names}
+        stats = time_round_robin(runners, {i: reps[i] for i in names}, args.warmup, bar)
         for impl in names:
             s = stats[impl]
+            gflop = count_flops(runners[impl]) / 1e9  # one more, untimed call
             records.append({"impl": impl, "L": L, "batch": batch, "mode": mode, "ms_median": s["median"] * 1e3,
                             "ms_min": s["min"] * 1e3, "times_ms": [t * 1e3 for t in s["times"]],
-                            "repeats": s["repeats"], "tokens_per_s_median": batch * L / s["median"]})
+                            "repeats": s["repeats"], "tokens_per_s_median": batch * L / s["median"],
+                            "counted_gflop": gflop, "gflops_per_s_median": gflop / s["median"],
+                            "scan_gflop_est": scan_gflop_est(impl, L, batch, mode, args)})
     bar.close()
 
     step_records = []
@@ -306,7 +440,8 @@ def cmd_bench_block(args) -> int:
     result = {"machine": {**machine_info(), "torch": torch.__version__, "threads": torch.get_num_threads()},
               "settings": {"d_model": args.d_model, "d_state": args.d_state, "expand": args.expand,
                            "headdim": args.headdim, "tokens_per_batch": args.tokens, "lengths": lengths,
-                           "repeats": args.repeats, "ref_repeats": args.ref_repeats, "warmup": args.warmup},
+                           "repeats": args.repeats, "ref_repeats": args.ref_repeats, "warmup": args.warmup,
+                           "scan_flops_per_state": SCAN_FLOPS_PER_STATE, "scan_train_factor": SCAN_TRAIN_FACTOR},
               "records": records + step_records, "ratios": ratios, "ctr_throughput": None}
     out = Path(args.out)
     json_path = Path(args.json) if args.json else out / "block.json"
@@ -335,11 +470,17 @@ def cmd_bench_block(args) -> int:
             rows.append(cells)
     print(markdown_table(["L", "batch", "mode", *impls], rows))
     print()
-    print(markdown_table(["L", "mode", "block", "fused ms", "x vs ref", "x vs chunked", "fused / GEMM floor",
-                          "Transformer / fused"],
+    print(markdown_table(["L", "mode", "block", "fused ms", "x vs ref", "x vs chunked", "fused / GEMM only",
+                          "fused / GEMM floor", "Transformer / fused"],
                          [[r["L"], r["mode"], r["block"], _fmt(r["fused_ms"]), _fmt(r["speedup_vs_ref"]),
-                           _fmt(r["speedup_vs_chunked"]), _fmt(r["fused_over_gemm_floor"], 2),
-                           _fmt(r["transformer_over_fused"], 2)] for r in ratios]))
+                           _fmt(r["speedup_vs_chunked"]), _fmt(r["fused_over_gemm_only"], 2),
+                           _fmt(r["fused_over_gemm_floor"], 2), _fmt(r["transformer_over_fused"], 2)]
+                          for r in ratios]))
+    print("\nmatmul FLOPs of one call (torch FlopCounterMode: matmuls, attention, convs; the fused C++ "
+          "scan / conv are not counted), the scan's own GFLOP estimated analytically, and time as a "
+          "multiple of the same block's GEMM-only time")
+    print(markdown_table(["L", "mode", "impl", "ms", "counted GFLOP", "GFLOP/s", "scan GFLOP (est)",
+                          "x GEMM-only time"], flop_rows(records, lengths, modes, impls)))
     if step_records:
         print("\nstep() for one token, batch 1: " + ", ".join(
             f"{r['impl']} {r['ms_median']:.3f} ms (min {r['ms_min']:.3f})" for r in step_records))
@@ -353,7 +494,8 @@ def cmd_bench_block(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("block", help="Mamba blocks (reference / fused / GEMM floor) vs a Transformer layer",
+    p = subparsers.add_parser("block", help="Mamba blocks (reference / fused / GEMM floor / GEMM only) vs a "
+                              "Transformer layer",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="64,200,1024", help="sequence lengths (default 64,200,1024)")
     p.add_argument("--tokens", type=int, default=8192, help="tokens per batch; batch = tokens // L (default 8192)")

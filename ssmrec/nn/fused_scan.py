@@ -45,7 +45,12 @@ _ext = None
 _error: str | None = None
 
 
-_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+# -fopenmp: ATen's at::parallel_for is inlined into the extension and is OpenMP code in torch's CPU
+# wheels; compiled without it, every kernel ran on one thread whatever torch.set_num_threads said.
+# The link records only the soname libgomp.so.1, which resolves to the copy torch has already
+# loaded, so one OpenMP runtime (and torch's thread setting) serves both.
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+_LDFLAGS = ["-fopenmp"]
 
 
 def _cpu_signature() -> str:
@@ -68,7 +73,7 @@ def _digest() -> str:
 
     abi = "|".join(str(v) for v in (sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX"),
                                     getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", "")))
-    key = (_SRC.read_bytes() + " ".join(_CFLAGS).encode() + torch.__version__.encode() + abi.encode()
+    key = (_SRC.read_bytes() + " ".join(_CFLAGS + _LDFLAGS).encode() + torch.__version__.encode() + abi.encode()
            + _cpu_signature().encode())
     return hashlib.sha1(key).hexdigest()[:16]
 
@@ -112,9 +117,8 @@ def _build_into(final: Path):
         getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", {}).pop(_EXT_NAME, None)
         mod = cpp_extension.load(
             name=_EXT_NAME, sources=[str(src)], build_directory=str(tmp),
-            # -march=native: the digest includes the CPU's flags; -fopenmp-simd only (threads come
-            # from ATen's pool, so no second OpenMP runtime is linked).
-            extra_cflags=_CFLAGS, verbose=False)
+            # -march=native: the digest includes the CPU's flags
+            extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
         if Path(mod.__file__).name != final.name:
             raise RuntimeError(f"cpp_extension built {mod.__file__}, expected {final.name}")
         os.replace(mod.__file__, final)  # same filesystem: atomic; the loaded mapping stays valid
@@ -199,18 +203,19 @@ class _ScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, init, softplus: bool, head: int):
         ext = load_extension()
-        out, last = ext.scan_fwd(u, delta, A, B, C, D, z, delta_bias, init, softplus, head)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, init)
+        # ckpt: the states entering each chunk of time steps, so backward recomputes chunk by chunk
+        out, last, ckpt = ext.scan_fwd(u, delta, A, B, C, D, z, delta_bias, init, softplus, head, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, init, ckpt)
         ctx.softplus, ctx.head = softplus, head
         ctx.mark_non_differentiable(last)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, _dlast):
-        u, delta, A, B, C, D, z, delta_bias, init = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, init, ckpt = ctx.saved_tensors
         head = ctx.head
         du, ddelta, dz, dB, dC, dA, dD, dbias, dinit = load_extension().scan_bwd(
-            dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, init, ctx.softplus, head)
+            dout.contiguous(), ckpt, u, delta, A, B, C, D, z, delta_bias, init, ctx.softplus, head)
         if head > 1:  # delta, A, D, bias are per head: sum the per-channel gradients of each head
             b, L, d = du.shape
             ddelta = ddelta.view(b, L, d // head, head).sum(-1)
@@ -245,7 +250,7 @@ def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y, last = _ScanFn.apply(*args, bool(delta_softplus), int(head))
     else:  # inference / step(): skip the autograd.Function machinery (~tens of us per call)
-        y, last = load_extension().scan_fwd(*args, bool(delta_softplus), int(head))
+        y, last, _ = load_extension().scan_fwd(*args, bool(delta_softplus), int(head), False)
     return y.to(dtype_in), last
 
 

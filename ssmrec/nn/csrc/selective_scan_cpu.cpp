@@ -11,9 +11,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -22,46 +19,55 @@
 
 namespace {
 
-// Lanes = one 256-bit vector of channels (8 floats / 4 doubles). GCC/Clang vector extensions make
-// the SIMD explicit: auto-vectorisation picks 128-bit vectors on some tunings (e.g. znver1) and
-// gives up on loops that call exp.
-template <typename T> struct Lanes {
-  typedef T vec __attribute__((vector_size(32)));
-  static constexpr int W = 32 / sizeof(T);
-};
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-// exp on 8 floats with no libm call: Cephes-style range reduction (round-to-nearest by the 1.5*2^23
-// trick) and a degree-6 polynomial, ~1-2 ulp on [-87, 88]; inputs below -87.3 give ~1e-38, not 0.
-inline Lanes<float>::vec vexp(Lanes<float>::vec x) {
-  typedef Lanes<float>::vec V;
-  const V lo = V{} - 87.3365f, hi = V{} + 88.7228f, magic = V{} + 12582912.0f;
-#if defined(__AVX__)
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+// Lanes = one SIMD register of channels: 512 bits (16 floats / 8 doubles) where the compiler targets
+// AVX-512, else 256 bits. GCC/Clang vector extensions make the SIMD explicit: auto-vectorisation
+// picks narrower vectors on some tunings (e.g. znver1) and gives up on loops that call exp.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
 #else
+constexpr int kVecBytes = 32;
+#endif
+template <typename T> struct Lanes {
+  typedef T vec __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / sizeof(T);
+};
+typedef int32_t vint __attribute__((vector_size(kVecBytes)));
+
+// 2^x on a vector of floats with no libm call: round x to the nearest integer k by the 1.5*2^23 trick (k then
+// sits in the low mantissa bits, so (bits << 23) is the float 2^k), and 2^f for f = x - k in
+// [-0.5, 0.5] by a degree-5 polynomial (near-minimax relative fit). Max relative error 1.9e-7
+// (~1.6 ulp; tested) on [-126, 128); x below -126 gives 2^-126 ~ 1.2e-38, not 0. 11 vector ops, and
+// the scan calls it on x = delta * (A * log2 e) with the scale folded into A once per block.
+inline Lanes<float>::vec vexp2(Lanes<float>::vec x) {
+  typedef Lanes<float>::vec V;
+  const V lo = V{} - 126.0f, hi = V{} + 127.99f, magic = V{} + (12582912.0f + 127.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-#endif
-  V kf = x * 1.44269504088896341f + magic;
-  v8i k = (v8i)kf - (v8i)magic;
-  kf -= magic;
-  V r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
-  V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * (V)((k + 127) << 23);
+  const V kf = x + magic;  // low mantissa bits: k + 127 (the biased exponent of 2^k)
+  const V f = x - (kf - magic);
+  V p = V{} + 1.326472731307149e-3f;
+  p = p * f + 9.671512991189957e-3f;
+  p = p * f + 5.550733581185341e-2f;
+  p = p * f + 2.402224242687225e-1f;
+  p = p * f + 6.931470036506653e-1f;
+  p = p * f + 1.0f;
+  return p * (V)((vint)kf << 23);
 }
-inline Lanes<double>::vec vexp(Lanes<double>::vec x) {  // float64 is for gradcheck: exactness first
-  for (int j = 0; j < 4; ++j) x[j] = std::exp(x[j]);
+inline Lanes<double>::vec vexp2(Lanes<double>::vec x) {  // float64 is for gradcheck: exactness first
+  for (int j = 0; j < Lanes<double>::W; ++j) x[j] = std::exp2(x[j]);
   return x;
 }
+inline Lanes<float>::vec vexp(Lanes<float>::vec x) { return vexp2(x * 1.44269504088896341f); }
+inline Lanes<double>::vec vexp(Lanes<double>::vec x) {
+  for (int j = 0; j < Lanes<double>::W; ++j) x[j] = std::exp(x[j]);
+  return x;
+}
+constexpr double kLog2e = 1.4426950408889634;
 
 template <typename T> inline T softplus_fn(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+constexpr int64_t kChunk = 16;  // time steps per backward recompute chunk
 
 template <typename T>
 struct Scan {
@@ -127,7 +133,7 @@ struct Scan {
   }
 
   // per-block constants: A as n vectors (vector A) or 1 vector (scalar A), D per lane
-  void load_consts(int64_t c0, int nv, V* Ab, V& Dl) const {
+  void load_consts(int64_t c0, int nv, V* Ab, V* A2, V& Dl) const {
     Dl = V{};
     const int na = scalar_A ? 1 : static_cast<int>(n);
     for (int i = 0; i < na; ++i) Ab[i] = V{};
@@ -137,6 +143,7 @@ struct Scan {
       if (scalar_A) Ab[0][j] = A[c / head];
       else for (int64_t i = 0; i < n; ++i) Ab[i][j] = A[c * n + i];
     }
+    for (int i = 0; i < na; ++i) A2[i] = Ab[i] * T(kLog2e);  // decay = 2^(delta * A2)
   }
 
   void load_init(int64_t bi, int64_t c0, int nv, V* h) const {
@@ -148,25 +155,26 @@ struct Scan {
 
   // h <- a*h + dd*uu*B_t for all lanes; returns y = <C_t, h> (pre-D, pre-gate). a_out (optional)
   // receives the decay factors: n vectors (vector A) or 1 (scalar A), for backward.
-  inline V step(const T* Brow, const T* Crow, const V* Ab, V dd, V uu, V* h, V* a_out) const {
+  // Sums over the state index use 4 partial accumulators: one chain of n dependent FMAs per step
+  // would otherwise bound the loop by FMA latency rather than throughput.
+  inline V step(const T* Brow, const T* Crow, const V* A2, V dd, V uu, V* h, V* a_out) const {
     const V du = dd * uu;
-    V y{};
-    if (scalar_A) {
-      const V a = vexp(dd * Ab[0]);
-      if (a_out) a_out[0] = a;
-      for (int64_t i = 0; i < n; ++i) {
-        h[i] = a * h[i] + du * Brow[i];
-        y += h[i] * Crow[i];
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const V a = vexp(dd * Ab[i]);
+    V y[4] = {};
+    const V a0 = scalar_A ? vexp2(dd * A2[0]) : V{};
+    if (scalar_A && a_out) a_out[0] = a0;
+    int64_t i = 0;
+    auto upd = [&](int64_t i, V& acc) {
+      V a = a0;
+      if (!scalar_A) {
+        a = vexp2(dd * A2[i]);
         if (a_out) a_out[i] = a;
-        h[i] = a * h[i] + du * Brow[i];
-        y += h[i] * Crow[i];
       }
-    }
-    return y;
+      h[i] = a * h[i] + du * Brow[i];
+      acc += h[i] * Crow[i];
+    };
+    for (; i + 4 <= n; i += 4) { upd(i, y[0]); upd(i + 1, y[1]); upd(i + 2, y[2]); upd(i + 3, y[3]); }
+    for (; i < n; ++i) upd(i, y[0]);
+    return (y[0] + y[1]) + (y[2] + y[3]);
   }
 
   static V vsigmoid(V x) { return T(1) / (T(1) + vexp(-x)); }
@@ -183,20 +191,30 @@ struct Scan {
     });
   }
 
-  void forward(T* out, T* last) const {
+  // Training saves the state entering every chunk of kChunk steps (ckpt, an opaque (b, nchunks,
+  // blocks, n, W) buffer), so backward recomputes one chunk at a time into L1-sized buffers instead
+  // of a whole (L, n, W) history per block, which at L 200, n 32 overflowed L2.
+  int64_t nchunks() const { return (L + kChunk - 1) / kChunk; }
+  int64_t nblocks() const { return static_cast<int64_t>(blk_c0.size()); }
+  V* ckpt_at(T* ckpt, int64_t bi, int64_t ci, int64_t k) const {
+    return reinterpret_cast<V*>(ckpt) + ((bi * nchunks() + ci) * nblocks() + k) * n;
+  }
+
+  void forward(T* out, T* last, T* ckpt) const {
     for_tasks([&](int64_t bi, int64_t, int64_t k0, int64_t k1) {
-      std::vector<V> h(n), Ab(scalar_A ? 1 : n);
+      std::vector<V> h(n), Ab(scalar_A ? 1 : n), A2(Ab.size());
       V uu, dd, raw, Dl;
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t c0 = blk_c0[k];
         const int nv = blk_nv[k];
         const int64_t grp = group_of(c0);
-        load_consts(c0, nv, Ab.data(), Dl);
+        load_consts(c0, nv, Ab.data(), A2.data(), Dl);
         load_init(bi, c0, nv, h.data());
         for (int64_t t = 0; t < L; ++t) {
+          if (ckpt && t % kChunk == 0) std::memcpy(ckpt_at(ckpt, bi, t / kChunk, k), h.data(), n * sizeof(V));
           load_lanes(bi, t, c0, nv, uu, dd, raw);
           const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-          V y = step(B + bc, C + bc, Ab.data(), dd, uu, h.data(), nullptr) + Dl * uu;
+          V y = step(B + bc, C + bc, A2.data(), dd, uu, h.data(), nullptr) + Dl * uu;
           if (z) { const V zt = load(z + bi * z_sb + t * z_st + c0, nv); y *= zt * vsigmoid(zt); }
           store(out + (bi * L + t) * d + c0, y, nv);
         }
@@ -207,13 +225,14 @@ struct Scan {
   }
 
   // Gradients. du, ddelta (per channel), dz: (b, L, d); dBp, dCp: (b, nsplit, L, g, n) partials;
-  // dA_p: (b, d, n) or (b, d); dD_p, dbias_p: (b, d); dinit: (b, d, n).
-  void backward(const T* dout, T* du_o, T* ddelta_o, T* dz_o, T* dBp, T* dCp, T* dA_p, T* dD_p,
-                T* dbias_p, T* dinit) const {
+  // dA_p: (b, d, n) or (b, d); dD_p, dbias_p: (b, d); dinit: (b, d, n). ckpt: from forward.
+  void backward(const T* dout, const T* ckpt, T* du_o, T* ddelta_o, T* dz_o, T* dBp, T* dCp, T* dA_p,
+                T* dD_p, T* dbias_p, T* dinit) const {
     for_tasks([&](int64_t bi, int64_t s, int64_t k0, int64_t k1) {
       const int64_t an = scalar_A ? 1 : n;  // decay vectors per step
-      std::vector<V> Hs(L * n), As(L * an), Us(L), Ds(L), Rs(L), Ys(z ? L : 0);
-      std::vector<V> h0(n), dh(n), Ab(an), dAl(an);
+      // one chunk's recomputed states, decays and lane inputs
+      std::vector<V> Hs(kChunk * n), As(kChunk * an), Us(kChunk), Ds(kChunk), Rs(kChunk), Ys(z ? kChunk : 0);
+      std::vector<V> h0(n), dh(n), Ab(an), A2(an), dAl(an);
       // dB/dC accumulate lane-wise over this task's blocks and are reduced across lanes once per
       // group (no horizontal sums in the inner loop)
       std::vector<V> dBacc(L * n), dCacc(L * n);
@@ -238,75 +257,87 @@ struct Scan {
         const int nv = blk_nv[k];
         const int64_t grp = group_of(c0);
         if (grp != acc_grp) { flush(); acc_grp = grp; }
-        load_consts(c0, nv, Ab.data(), Dl);
-        load_init(bi, c0, nv, h0.data());
-        // 1. recompute the forward, keeping states, decays and lane inputs of this block
-        std::copy(h0.begin(), h0.end(), Hs.begin());  // running state lives in Hs[t]
-        for (int64_t t = 0; t < L; ++t) {
-          load_lanes(bi, t, c0, nv, Us[t], Ds[t], Rs[t]);
-          V* ht = &Hs[t * n];
-          if (t > 0) std::copy(&Hs[(t - 1) * n], &Hs[t * n], ht);
-          const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-          V y = step(B + bc, C + bc, Ab.data(), Ds[t], Us[t], ht, &As[t * an]);
-          if (z) Ys[t] = y + Dl * Us[t];
-        }
-        // 2. reverse sweep
+        load_consts(c0, nv, Ab.data(), A2.data(), Dl);
         for (int64_t i = 0; i < n; ++i) dh[i] = V{};
         for (int64_t i = 0; i < an; ++i) dAl[i] = V{};
         V dDl{}, dbl{};
-        for (int64_t t = L - 1; t >= 0; --t) {
-          const V uu = Us[t], dd = Ds[t], du = dd * uu;
-          const int64_t o = (bi * L + t) * d + c0;
-          V gy = load(dout + o, nv);
-          if (z) {
-            const V zt = load(z + bi * z_sb + t * z_st + c0, nv);
-            const V sg = vsigmoid(zt);
-            store(dz_o + o, gy * Ys[t] * sg * (T(1) + zt * (T(1) - sg)), nv);
-            gy *= zt * sg;
+        for (int64_t ci = nchunks() - 1; ci >= 0; --ci) {
+          const int64_t t0 = ci * kChunk, t1 = std::min(L, t0 + kChunk);
+          std::memcpy(h0.data(), ckpt_at(const_cast<T*>(ckpt), bi, ci, k), n * sizeof(V));
+          // 1. recompute the chunk's forward from its checkpoint
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t r = t - t0;
+            load_lanes(bi, t, c0, nv, Us[r], Ds[r], Rs[r]);
+            V* ht = &Hs[r * n];
+            std::copy(r > 0 ? &Hs[(r - 1) * n] : h0.data(), (r > 0 ? &Hs[(r - 1) * n] : h0.data()) + n, ht);
+            const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
+            V y = step(B + bc, C + bc, A2.data(), Ds[r], Us[r], ht, &As[r * an]);
+            if (z) Ys[r] = y + Dl * Us[r];
           }
-          dDl += gy * uu;
-          const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-          const T* Brow = B + bc;
-          const T* Crow = C + bc;
-          const V* Ht = &Hs[t * n];
-          const V* Hp = t > 0 ? &Hs[(t - 1) * n] : h0.data();
-          const V* At = &As[t * an];
-          V* dBa = &dBacc[t * n];
-          V* dCa = &dCacc[t * n];
-          V dlu{}, ddl{};
-          if (scalar_A) {  // one decay per lane: dLoss/d(delta*A) = a * sum_i dh_i h_{t-1,i}
-            const V a = At[0];
-            V s_dh_hp{};
-            for (int64_t i = 0; i < n; ++i) {
-              const V dhv = dh[i] + gy * Crow[i];  // dLoss/dh_t
-              dCa[i] += gy * Ht[i];
-              dBa[i] += dhv * du;
-              dlu += dhv * Brow[i];
-              s_dh_hp += dhv * Hp[i];
-              dh[i] = dhv * a;  // carried to t-1
+          // 2. reverse sweep over the chunk
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const int64_t r = t - t0;
+            const V uu = Us[r], dd = Ds[r], du = dd * uu;
+            const int64_t o = (bi * L + t) * d + c0;
+            V gy = load(dout + o, nv);
+            if (z) {
+              const V zt = load(z + bi * z_sb + t * z_st + c0, nv);
+              const V sg = vsigmoid(zt);
+              store(dz_o + o, gy * Ys[r] * sg * (T(1) + zt * (T(1) - sg)), nv);
+              gy *= zt * sg;
             }
-            const V dap = s_dh_hp * a;
-            ddl = dap * Ab[0];
-            dAl[0] += dap * dd;
-          } else {
-            for (int64_t i = 0; i < n; ++i) {
-              const V a = At[i];
-              const V dhv = dh[i] + gy * Crow[i];
-              dCa[i] += gy * Ht[i];
-              dBa[i] += dhv * du;
-              dlu += dhv * Brow[i];
-              const V dap = dhv * Hp[i] * a;  // dLoss/d(delta*A_i)
-              ddl += dap * Ab[i];
-              dAl[i] += dap * dd;
-              dh[i] = dhv * a;
+            dDl += gy * uu;
+            const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
+            const T* Brow = B + bc;
+            const T* Crow = C + bc;
+            const V* Ht = &Hs[r * n];
+            const V* Hp = r > 0 ? &Hs[(r - 1) * n] : h0.data();
+            const V* At = &As[r * an];
+            V* dBa = &dBacc[t * n];
+            V* dCa = &dCacc[t * n];
+            V dlu{}, ddl{};
+            if (scalar_A) {  // one decay per lane: dLoss/d(delta*A) = a * sum_i dh_i h_{t-1,i}
+              const V a = At[0];
+              V s_dh_hp{};
+              for (int64_t i = 0; i < n; ++i) {
+                const V dhv = dh[i] + gy * Crow[i];  // dLoss/dh_t
+                dCa[i] += gy * Ht[i];
+                dBa[i] += dhv * du;
+                dlu += dhv * Brow[i];
+                s_dh_hp += dhv * Hp[i];
+                dh[i] = dhv * a;  // carried to t-1
+              }
+              const V dap = s_dh_hp * a;
+              ddl = dap * Ab[0];
+              dAl[0] += dap * dd;
+            } else {
+              V lu[4] = {}, dl[4] = {};  // partial sums (see step())
+              auto rev = [&](int64_t i, V& lu_acc, V& dl_acc) {
+                const V a = At[i];
+                const V dhv = dh[i] + gy * Crow[i];
+                dCa[i] += gy * Ht[i];
+                dBa[i] += dhv * du;
+                lu_acc += dhv * Brow[i];
+                const V dap = dhv * Hp[i] * a;  // dLoss/d(delta*A_i)
+                dl_acc += dap * Ab[i];
+                dAl[i] += dap * dd;
+                dh[i] = dhv * a;
+              };
+              int64_t i = 0;
+              for (; i + 4 <= n; i += 4) {
+                rev(i, lu[0], dl[0]); rev(i + 1, lu[1], dl[1]); rev(i + 2, lu[2], dl[2]); rev(i + 3, lu[3], dl[3]);
+              }
+              for (; i < n; ++i) rev(i, lu[0], dl[0]);
+              dlu = (lu[0] + lu[1]) + (lu[2] + lu[3]);
+              ddl = (dl[0] + dl[1]) + (dl[2] + dl[3]);
             }
+            store(du_o + o, gy * Dl + dlu * dd, nv);
+            V g_dl = ddl + dlu * uu;
+            if (softplus)
+              for (int j = 0; j < W; ++j) g_dl[j] *= sigmoid(Rs[r][j]);
+            store(ddelta_o + o, g_dl, nv);
+            dbl += g_dl;
           }
-          store(du_o + o, gy * Dl + dlu * dd, nv);
-          V g_dl = ddl + dlu * uu;
-          if (softplus)
-            for (int j = 0; j < W; ++j) g_dl[j] *= sigmoid(Rs[t][j]);
-          store(ddelta_o + o, g_dl, nv);
-          dbl += g_dl;
         }
         for (int j = 0; j < nv; ++j) {
           const int64_t c = c0 + j;
@@ -589,17 +620,20 @@ Scan<T> make_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                 const c10::optional<at::Tensor>& init, bool softplus, int64_t head) {
+                                 const c10::optional<at::Tensor>& init, bool softplus, int64_t head,
+                                 bool save_ckpt) {
   auto out = at::empty({u.size(0), u.size(1), u.size(2)}, u.options());
   auto last = at::empty({u.size(0), u.size(2), B.size(3)}, u.options());
+  at::Tensor ckpt = at::empty({0}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "ssmrec_scan_fwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, bias, init, softplus, head);
-    s.forward(out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>());
+    if (save_ckpt) ckpt = at::empty({s.b, s.nchunks(), s.nblocks(), s.n, Lanes<scalar_t>::W}, u.options());
+    s.forward(out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(), save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr);
   });
-  return {out, last};
+  return {out, last, ckpt};
 }
 
-std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& ckpt, const at::Tensor& u, const at::Tensor& delta,
                                  const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                  const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& init,
@@ -608,6 +642,8 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
   std::vector<at::Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "ssmrec_scan_bwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, bias, init, softplus, head);
+    TORCH_CHECK(ckpt.is_contiguous() && ckpt.numel() == s.b * s.nchunks() * s.nblocks() * s.n * Lanes<scalar_t>::W,
+                "ckpt must be the checkpoint buffer scan_fwd(save_ckpt=True) returned for these inputs");
     auto o = u.options();
     auto du = at::empty({s.b, s.L, s.d}, o), ddelta = at::empty({s.b, s.L, s.d}, o);
     auto dz = z ? at::empty({s.b, s.L, s.d}, o) : at::empty({0}, o);
@@ -615,7 +651,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
     auto dA_p = s.scalar_A ? at::empty({s.b, s.d}, o) : at::empty({s.b, s.d, s.n}, o);
     auto dD_p = at::empty({s.b, s.d}, o), dbias_p = at::empty({s.b, s.d}, o);
     auto dinit = at::empty({s.b, s.d, s.n}, o);
-    s.backward(dout.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
+    s.backward(dout.data_ptr<scalar_t>(), ckpt.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
                z ? dz.data_ptr<scalar_t>() : nullptr, dBp.data_ptr<scalar_t>(), dCp.data_ptr<scalar_t>(),
                dA_p.data_ptr<scalar_t>(), dD_p.data_ptr<scalar_t>(), dbias_p.data_ptr<scalar_t>(),
                dinit.data_ptr<scalar_t>());
