@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -157,7 +158,8 @@ struct Scan {
   // receives the decay factors: n vectors (vector A) or 1 (scalar A), for backward.
   // Sums over the state index use 4 partial accumulators: one chain of n dependent FMAs per step
   // would otherwise bound the loop by FMA latency rather than throughput.
-  inline V step(const T* Brow, const T* Crow, const V* A2, V dd, V uu, V* h, V* a_out) const {
+  // h_out may alias h_in (forward) or be the next row of a recompute buffer (backward).
+  inline V step(const T* Brow, const T* Crow, const V* A2, V dd, V uu, const V* h_in, V* h_out, V* a_out) const {
     const V du = dd * uu;
     V y[4] = {};
     const V a0 = scalar_A ? vexp2(dd * A2[0]) : V{};
@@ -169,8 +171,9 @@ struct Scan {
         a = vexp2(dd * A2[i]);
         if (a_out) a_out[i] = a;
       }
-      h[i] = a * h[i] + du * Brow[i];
-      acc += h[i] * Crow[i];
+      const V hn = a * h_in[i] + du * Brow[i];
+      h_out[i] = hn;
+      acc += hn * Crow[i];
     };
     for (; i + 4 <= n; i += 4) { upd(i, y[0]); upd(i + 1, y[1]); upd(i + 2, y[2]); upd(i + 3, y[3]); }
     for (; i < n; ++i) upd(i, y[0]);
@@ -214,7 +217,7 @@ struct Scan {
           if (ckpt && t % kChunk == 0) std::memcpy(ckpt_at(ckpt, bi, t / kChunk, k), h.data(), n * sizeof(V));
           load_lanes(bi, t, c0, nv, uu, dd, raw);
           const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-          V y = step(B + bc, C + bc, A2.data(), dd, uu, h.data(), nullptr) + Dl * uu;
+          V y = step(B + bc, C + bc, A2.data(), dd, uu, h.data(), h.data(), nullptr) + Dl * uu;
           if (z) { const V zt = load(z + bi * z_sb + t * z_st + c0, nv); y *= zt * vsigmoid(zt); }
           store(out + (bi * L + t) * d + c0, y, nv);
         }
@@ -226,55 +229,59 @@ struct Scan {
 
   // Gradients. du, ddelta (per channel), dz: (b, L, d); dBp, dCp: (b, nsplit, L, g, n) partials;
   // dA_p: (b, d, n) or (b, d); dD_p, dbias_p: (b, d); dinit: (b, d, n). ckpt: from forward.
+  // Chunks run last to first, and inside a chunk every block of the task: dB/dC then accumulate
+  // over the task's blocks in chunk-sized (L1) buffers, reduced across lanes once per chunk, while
+  // each block carries its dLoss/dh and parameter gradients from chunk to chunk.
   void backward(const T* dout, const T* ckpt, T* du_o, T* ddelta_o, T* dz_o, T* dBp, T* dCp, T* dA_p,
                 T* dD_p, T* dbias_p, T* dinit) const {
     for_tasks([&](int64_t bi, int64_t s, int64_t k0, int64_t k1) {
       const int64_t an = scalar_A ? 1 : n;  // decay vectors per step
-      // one chunk's recomputed states, decays and lane inputs
-      std::vector<V> Hs(kChunk * n), As(kChunk * an), Us(kChunk), Ds(kChunk), Rs(kChunk), Ys(z ? kChunk : 0);
-      std::vector<V> h0(n), dh(n), Ab(an), A2(an), dAl(an);
-      // dB/dC accumulate lane-wise over this task's blocks and are reduced across lanes once per
-      // group (no horizontal sums in the inner loop)
-      std::vector<V> dBacc(L * n), dCacc(L * n);
-      int64_t acc_grp = -1;
-      auto flush = [&]() {
-        if (acc_grp < 0) return;
-        T* dBb = dBp + (bi * nsplit + s) * L * g * n;
-        T* dCb = dCp + (bi * nsplit + s) * L * g * n;
-        for (int64_t t = 0; t < L; ++t)
-          for (int64_t i = 0; i < n; ++i) {
-            T sb = 0, sc = 0;
-            for (int j = 0; j < W; ++j) { sb += dBacc[t * n + i][j]; sc += dCacc[t * n + i][j]; }
-            dBb[(t * g + acc_grp) * n + i] += sb;
-            dCb[(t * g + acc_grp) * n + i] += sc;
-            dBacc[t * n + i] = V{};
-            dCacc[t * n + i] = V{};
+      const int64_t nb = k1 - k0;
+      // one chunk of one block: recomputed states (row 0 = the checkpoint), decays, lane inputs
+      std::vector<V> Hs((kChunk + 1) * n), As(kChunk * an), Us(kChunk), Ds(kChunk), Rs(kChunk), Ys(z ? kChunk : 0);
+      // per block of the task, carried across chunks
+      std::vector<V> Ab(nb * an), A2(nb * an), Dl(nb), dh(nb * n), dAl(nb * an), dDl(nb), dbl(nb);
+      for (int64_t k = k0; k < k1; ++k) load_consts(blk_c0[k], blk_nv[k], &Ab[(k - k0) * an], &A2[(k - k0) * an], Dl[k - k0]);
+      // dB/dC of the current chunk, lane-wise, for the group being accumulated
+      std::vector<V> dBacc(kChunk * n), dCacc(kChunk * n);
+      T* dBb = dBp + (bi * nsplit + s) * L * g * n;
+      T* dCb = dCp + (bi * nsplit + s) * L * g * n;
+      for (int64_t ci = nchunks() - 1; ci >= 0; --ci) {
+        const int64_t t0 = ci * kChunk, t1 = std::min(L, t0 + kChunk);
+        int64_t acc_grp = -1;
+        auto flush = [&]() {
+          if (acc_grp < 0) return;
+          for (int64_t t = t0; t < t1; ++t) {
+            add_lane_sums(&dBacc[(t - t0) * n], dBb + (t * g + acc_grp) * n);
+            add_lane_sums(&dCacc[(t - t0) * n], dCb + (t * g + acc_grp) * n);
           }
-      };
-      V Dl;
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t c0 = blk_c0[k];
-        const int nv = blk_nv[k];
-        const int64_t grp = group_of(c0);
-        if (grp != acc_grp) { flush(); acc_grp = grp; }
-        load_consts(c0, nv, Ab.data(), A2.data(), Dl);
-        for (int64_t i = 0; i < n; ++i) dh[i] = V{};
-        for (int64_t i = 0; i < an; ++i) dAl[i] = V{};
-        V dDl{}, dbl{};
-        for (int64_t ci = nchunks() - 1; ci >= 0; --ci) {
-          const int64_t t0 = ci * kChunk, t1 = std::min(L, t0 + kChunk);
-          std::memcpy(h0.data(), ckpt_at(const_cast<T*>(ckpt), bi, ci, k), n * sizeof(V));
-          // 1. recompute the chunk's forward from its checkpoint
+        };
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t kb = k - k0;
+          const int64_t c0 = blk_c0[k];
+          const int nv = blk_nv[k];
+          const int64_t grp = group_of(c0);
+          if (grp != acc_grp) { flush(); acc_grp = grp; }
+          const V* Abk = &Ab[kb * an];
+          const V* A2k = &A2[kb * an];
+          V* dhk = &dh[kb * n];
+          V* dAk = &dAl[kb * an];
+          if (ci == nchunks() - 1) {
+            for (int64_t i = 0; i < n; ++i) dhk[i] = V{};
+            for (int64_t i = 0; i < an; ++i) dAk[i] = V{};
+            dDl[kb] = dbl[kb] = V{};
+          }
+          std::memcpy(Hs.data(), ckpt_at(const_cast<T*>(ckpt), bi, ci, k), n * sizeof(V));
+          // 1. recompute the chunk's forward from its checkpoint: Hs row r+1 = state after t0+r
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r = t - t0;
             load_lanes(bi, t, c0, nv, Us[r], Ds[r], Rs[r]);
-            V* ht = &Hs[r * n];
-            std::copy(r > 0 ? &Hs[(r - 1) * n] : h0.data(), (r > 0 ? &Hs[(r - 1) * n] : h0.data()) + n, ht);
             const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-            V y = step(B + bc, C + bc, A2.data(), Ds[r], Us[r], ht, &As[r * an]);
-            if (z) Ys[r] = y + Dl * Us[r];
+            V y = step(B + bc, C + bc, A2k, Ds[r], Us[r], &Hs[r * n], &Hs[(r + 1) * n], &As[r * an]);
+            if (z) Ys[r] = y + Dl[kb] * Us[r];
           }
           // 2. reverse sweep over the chunk
+          V dD_acc = dDl[kb], db_acc = dbl[kb];
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const int64_t r = t - t0;
             const V uu = Us[r], dd = Ds[r], du = dd * uu;
@@ -286,42 +293,42 @@ struct Scan {
               store(dz_o + o, gy * Ys[r] * sg * (T(1) + zt * (T(1) - sg)), nv);
               gy *= zt * sg;
             }
-            dDl += gy * uu;
+            dD_acc += gy * uu;
             const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
             const T* Brow = B + bc;
             const T* Crow = C + bc;
-            const V* Ht = &Hs[r * n];
-            const V* Hp = r > 0 ? &Hs[(r - 1) * n] : h0.data();
+            const V* Ht = &Hs[(r + 1) * n];
+            const V* Hp = &Hs[r * n];
             const V* At = &As[r * an];
-            V* dBa = &dBacc[t * n];
-            V* dCa = &dCacc[t * n];
+            V* dBa = &dBacc[r * n];
+            V* dCa = &dCacc[r * n];
             V dlu{}, ddl{};
             if (scalar_A) {  // one decay per lane: dLoss/d(delta*A) = a * sum_i dh_i h_{t-1,i}
               const V a = At[0];
               V s_dh_hp{};
               for (int64_t i = 0; i < n; ++i) {
-                const V dhv = dh[i] + gy * Crow[i];  // dLoss/dh_t
+                const V dhv = dhk[i] + gy * Crow[i];  // dLoss/dh_t
                 dCa[i] += gy * Ht[i];
                 dBa[i] += dhv * du;
                 dlu += dhv * Brow[i];
                 s_dh_hp += dhv * Hp[i];
-                dh[i] = dhv * a;  // carried to t-1
+                dhk[i] = dhv * a;  // carried to t-1
               }
               const V dap = s_dh_hp * a;
-              ddl = dap * Ab[0];
-              dAl[0] += dap * dd;
+              ddl = dap * Abk[0];
+              dAk[0] += dap * dd;
             } else {
               V lu[4] = {}, dl[4] = {};  // partial sums (see step())
               auto rev = [&](int64_t i, V& lu_acc, V& dl_acc) {
                 const V a = At[i];
-                const V dhv = dh[i] + gy * Crow[i];
+                const V dhv = dhk[i] + gy * Crow[i];
                 dCa[i] += gy * Ht[i];
                 dBa[i] += dhv * du;
                 lu_acc += dhv * Brow[i];
                 const V dap = dhv * Hp[i] * a;  // dLoss/d(delta*A_i)
-                dl_acc += dap * Ab[i];
-                dAl[i] += dap * dd;
-                dh[i] = dhv * a;
+                dl_acc += dap * Abk[i];
+                dAk[i] += dap * dd;
+                dhk[i] = dhv * a;
               };
               int64_t i = 0;
               for (; i + 4 <= n; i += 4) {
@@ -331,25 +338,57 @@ struct Scan {
               dlu = (lu[0] + lu[1]) + (lu[2] + lu[3]);
               ddl = (dl[0] + dl[1]) + (dl[2] + dl[3]);
             }
-            store(du_o + o, gy * Dl + dlu * dd, nv);
+            store(du_o + o, gy * Dl[kb] + dlu * dd, nv);
             V g_dl = ddl + dlu * uu;
             if (softplus)
               for (int j = 0; j < W; ++j) g_dl[j] *= sigmoid(Rs[r][j]);
             store(ddelta_o + o, g_dl, nv);
-            dbl += g_dl;
+            db_acc += g_dl;
           }
+          dDl[kb] = dD_acc;
+          dbl[kb] = db_acc;
         }
-        for (int j = 0; j < nv; ++j) {
+        flush();
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t kb = k - k0, c0 = blk_c0[k];
+        for (int j = 0; j < blk_nv[k]; ++j) {
           const int64_t c = c0 + j;
-          dD_p[bi * d + c] = dDl[j];
-          dbias_p[bi * d + c] = dbl[j];
-          if (scalar_A) dA_p[bi * d + c] = dAl[0][j];
-          else for (int64_t i = 0; i < n; ++i) dA_p[(bi * d + c) * n + i] = dAl[i][j];
-          for (int64_t i = 0; i < n; ++i) dinit[(bi * d + c) * n + i] = dh[i][j];
+          dD_p[bi * d + c] = dDl[kb][j];
+          dbias_p[bi * d + c] = dbl[kb][j];
+          if (scalar_A) dA_p[bi * d + c] = dAl[kb][j];
+          else for (int64_t i = 0; i < n; ++i) dA_p[(bi * d + c) * n + i] = dAl[kb * n + i][j];
+          for (int64_t i = 0; i < n; ++i) dinit[(bi * d + c) * n + i] = dh[kb * n + i][j];
         }
       }
-      flush();
     });
+  }
+
+  // Lane sums of W vectors at once: out lane i = sum of the lanes of v[i]. Each level pairs vectors
+  // and halves the partial sums per row (two shuffles and one add per pair), so W sums cost about
+  // 3W vector ops instead of W^2 scalar adds.
+  template <int G, size_t... I>
+  static V fold(V a, V b, std::index_sequence<I...>) {
+    return __builtin_shufflevector(a, b, (int(I) / (G / 2)) * G + int(I) % (G / 2)...) +
+           __builtin_shufflevector(a, b, (int(I) / (G / 2)) * G + G / 2 + int(I) % (G / 2)...);
+  }
+  template <int G>
+  static void fold_level(V* v, int cnt) {
+    for (int j = 0; j < cnt / 2; ++j) v[j] = fold<G>(v[2 * j], v[2 * j + 1], std::make_index_sequence<W>{});
+    if constexpr (G > 2) fold_level<G / 2>(v, cnt / 2);
+  }
+  // out[i] += lane sum of acc[i] for i < n, then zero acc
+  void add_lane_sums(V* acc, T* out) const {
+    V tmp[W];
+    for (int64_t i0 = 0; i0 < n; i0 += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, n - i0));
+      for (int j = 0; j < W; ++j) {
+        tmp[j] = j < cnt ? acc[i0 + j] : V{};
+        if (j < cnt) acc[i0 + j] = V{};
+      }
+      fold_level<W>(tmp, W);
+      store(out + i0, load(out + i0, cnt) + tmp[0], cnt);
+    }
   }
 };
 
