@@ -11,6 +11,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 
 #include <algorithm>
 #include <cmath>
@@ -42,8 +46,14 @@ typedef int32_t vint __attribute__((vector_size(kVecBytes)));
 inline Lanes<float>::vec vexp2(Lanes<float>::vec x) {
   typedef Lanes<float>::vec V;
   const V lo = V{} - 126.0f, hi = V{} + 127.99f, magic = V{} + (12582912.0f + 127.0f);
+#if defined(__AVX512F__)
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);  // the generic select below compiles to compare + blend
+#elif defined(__AVX__)
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+#else
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
+#endif
   const V kf = x + magic;  // low mantissa bits: k + 127 (the biased exponent of 2^k)
   const V f = x - (kf - magic);
   V p = V{} + 1.326472731307149e-3f;
@@ -394,80 +404,83 @@ struct Scan {
 
 // Causal depthwise conv1d + SiLU, channel-last: y[b,t,c] = silu(bias[c] + sum_k w[c,k] x[b,t-K+1+k,c])
 // (zero history before t = 0). Replaces conv1d on a transposed copy + silu + their backward passes.
+// Work is split into (batch row, run of kRows time steps) tasks that sweep whole rows of channels,
+// so reads and writes stream through memory (a task per channel block would stride over rows).
 template <typename T>
 struct CausalConv {
   typedef typename Lanes<T>::vec V;
   static constexpr int W = Lanes<T>::W;
+  static constexpr int64_t kRows = 16;
   const T *x, *w, *bias;
   int64_t x_sb, x_st, b, L, C, K;
+  std::vector<V> wk, bv;  // per channel block: K weight vectors, one bias vector
 
-  // w[c, k] for the lanes of block c0, as K vectors
-  void weights(int64_t c0, int nv, V* wk, V& bv) const {
-    bv = V{};
-    for (int64_t k = 0; k < K; ++k) wk[k] = V{};
-    for (int j = 0; j < nv; ++j) {
-      for (int64_t k = 0; k < K; ++k) wk[k][j] = w[(c0 + j) * K + k];
-      if (bias) bv[j] = bias[c0 + j];
+  int64_t nblk() const { return (C + W - 1) / W; }
+  int nv(int64_t blk) const { return static_cast<int>(std::min<int64_t>(W, C - blk * W)); }
+  void prepare() {
+    wk.assign(nblk() * K, V{});
+    bv.assign(nblk(), V{});
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t k = 0; k < K; ++k) wk[(c / W) * K + k][c % W] = w[c * K + k];
+      if (bias) bv[c / W][c % W] = bias[c];
     }
   }
-  V pre(int64_t bi, int64_t t, int64_t c0, int nv, const V* wk, V bv) const {
-    V acc = bv;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t s = t - K + 1 + k;
-      if (s >= 0) acc += wk[k] * Scan<T>::load(x + bi * x_sb + s * x_st + c0, nv);
-    }
+  V pre(int64_t bi, int64_t t, int64_t blk) const {
+    const int n = nv(blk);
+    V acc = bv[blk];
+    for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
+      acc += wk[blk * K + k] * Scan<T>::load(x + bi * x_sb + (t - K + 1 + k) * x_st + blk * W, n);
     return acc;
   }
   template <typename F>
-  void for_blocks(F&& fn) const {
-    const int64_t nblk = (C + W - 1) / W;
-    at::parallel_for(0, b * nblk, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<V> wk(K);
+  void for_row_runs(F&& fn) const {
+    const int64_t runs = (L + kRows - 1) / kRows;
+    at::parallel_for(0, b * runs, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t task = lo; task < hi; ++task) {
-        const int64_t bi = task / nblk, c0 = (task % nblk) * W;
-        fn(bi, c0, static_cast<int>(std::min<int64_t>(W, C - c0)), wk.data());
+        const int64_t bi = task / runs, t0 = (task % runs) * kRows;
+        fn(bi, t0, std::min(L, t0 + kRows));
       }
     });
   }
   void forward(T* y) const {
-    for_blocks([&](int64_t bi, int64_t c0, int nv, V* wk) {
-      V bv;
-      weights(c0, nv, wk, bv);
-      for (int64_t t = 0; t < L; ++t) {
-        const V p = pre(bi, t, c0, nv, wk, bv);
-        Scan<T>::store(y + (bi * L + t) * C + c0, p * Scan<T>::vsigmoid(p), nv);
-      }
+    for_row_runs([&](int64_t bi, int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t blk = 0; blk < nblk(); ++blk) {
+          const V p = pre(bi, t, blk);
+          Scan<T>::store(y + (bi * L + t) * C + blk * W, p * Scan<T>::vsigmoid(p), nv(blk));
+        }
     });
   }
-  // dx (b, L, C); dw_p (b, C, K) and db_p (b, C) per-batch-row partials
+  // dx (b, L, C); dw_p (threads, C, K) and db_p (threads, C) zero-initialised per-thread partials
   void backward(const T* dy, T* dx, T* dw_p, T* db_p) const {
-    for_blocks([&](int64_t bi, int64_t c0, int nv, V* wk) {
-      V bv;
-      weights(c0, nv, wk, bv);
-      std::vector<V> dpre(L), dwk(K);
-      for (int64_t k = 0; k < K; ++k) dwk[k] = V{};
-      V dbv{};
-      for (int64_t t = 0; t < L; ++t) {
-        const V p = pre(bi, t, c0, nv, wk, bv);
-        const V sg = Scan<T>::vsigmoid(p);
-        dpre[t] = Scan<T>::load(dy + (bi * L + t) * C + c0, nv) * sg * (T(1) + p * (T(1) - sg));
-        dbv += dpre[t];
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = t - K + 1 + k;
-          if (s >= 0) dwk[k] += dpre[t] * Scan<T>::load(x + bi * x_sb + s * x_st + c0, nv);
+    for_row_runs([&](int64_t bi, int64_t t0, int64_t t1) {
+      const int64_t nb = nblk(), te = std::min(L, t1 + K - 1);  // dx[t] needs dpre up to t + K - 1
+      std::vector<V> dpre((te - t0) * nb), dwk(nb * K), dbv(nb);
+      for (int64_t t = t0; t < te; ++t)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const V p = pre(bi, t, blk);
+          const V sg = Scan<T>::vsigmoid(p);
+          const V g = Scan<T>::load(dy + (bi * L + t) * C + blk * W, nv(blk)) * sg * (T(1) + p * (T(1) - sg));
+          dpre[(t - t0) * nb + blk] = g;
+          if (t >= t1) continue;  // halo rows: their dw/db belong to the next run
+          dbv[blk] += g;
+          for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
+            dwk[blk * K + k] += g * Scan<T>::load(x + bi * x_sb + (t - K + 1 + k) * x_st + blk * W, nv(blk));
         }
-      }
-      for (int64_t s = 0; s < L; ++s) {
-        V acc{};
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t t = s + K - 1 - k;
-          if (t < L) acc += wk[k] * dpre[t];
+      for (int64_t s = t0; s < t1; ++s)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          V acc{};
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t t = s + K - 1 - k;
+            if (t < te) acc += wk[blk * K + k] * dpre[(t - t0) * nb + blk];
+          }
+          Scan<T>::store(dx + (bi * L + s) * C + blk * W, acc, nv(blk));
         }
-        Scan<T>::store(dx + (bi * L + s) * C + c0, acc, nv);
-      }
-      for (int j = 0; j < nv; ++j) {
-        db_p[bi * C + c0 + j] = dbv[j];
-        for (int64_t k = 0; k < K; ++k) dw_p[(bi * C + c0 + j) * K + k] = dwk[k][j];
+      T* dwt = dw_p + at::get_thread_num() * C * K;
+      T* dbt = db_p + at::get_thread_num() * C;
+      for (int64_t c = 0; c < C; ++c) {
+        dbt[c] += dbv[c / W][c % W];
+        for (int64_t k = 0; k < K; ++k) dwt[c * K + k] += dwk[(c / W) * K + k][c % W];
       }
     });
   }
@@ -596,6 +609,7 @@ CausalConv<T> make_conv(const at::Tensor& x, const at::Tensor& w, const c10::opt
   CausalConv<T> c{};
   c.x = x.data_ptr<T>(); c.w = w.data_ptr<T>(); c.bias = bias ? bias->data_ptr<T>() : nullptr;
   c.x_sb = x.stride(0); c.x_st = x.stride(1); c.b = x.size(0); c.L = x.size(1); c.C = x.size(2); c.K = w.size(1);
+  c.prepare();
   return c;
 }
 
@@ -611,8 +625,8 @@ std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& dy, const at::Tensor& x,
                                       const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(dy.is_contiguous(), "dy must be contiguous");
   auto dx = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
-  auto dw_p = at::empty({x.size(0), w.size(0), w.size(1)}, x.options());
-  auto db_p = at::empty({x.size(0), w.size(0)}, x.options());
+  auto dw_p = at::zeros({at::get_num_threads(), w.size(0), w.size(1)}, x.options());
+  auto db_p = at::zeros({at::get_num_threads(), w.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssmrec_conv_bwd", [&] {
     make_conv<scalar_t>(x, w, bias).backward(dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                                              dw_p.data_ptr<scalar_t>(), db_p.data_ptr<scalar_t>());
