@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -41,11 +42,11 @@ typedef int32_t vint __attribute__((vector_size(kVecBytes)));
 // 2^x on a vector of floats with no libm call: round x to the nearest integer k by the 1.5*2^23 trick (k then
 // sits in the low mantissa bits, so (bits << 23) is the float 2^k), and 2^f for f = x - k in
 // [-0.5, 0.5] by a degree-5 polynomial (near-minimax relative fit). Max relative error 1.9e-7
-// (~1.6 ulp; tested) on [-126, 128); x below -126 gives 2^-126 ~ 1.2e-38, not 0. 11 vector ops, and
+// (~1.6 ulp; tested) on [-126, 127.49]; x below gives 2^-126 ~ 1.2e-38, not 0, and x above saturates. 11 vector ops, and
 // the scan calls it on x = delta * (A * log2 e) with the scale folded into A once per block.
 inline Lanes<float>::vec vexp2(Lanes<float>::vec x) {
   typedef Lanes<float>::vec V;
-  const V lo = V{} - 126.0f, hi = V{} + 127.99f, magic = V{} + (12582912.0f + 127.0f);
+  const V lo = V{} - 126.0f, hi = V{} + 127.49f, magic = V{} + (12582912.0f + 127.0f);
 #if defined(__AVX512F__)
   x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);  // the generic select below compiles to compare + blend
 #elif defined(__AVX__)
@@ -249,6 +250,7 @@ struct Scan {
       const int64_t nb = k1 - k0;
       // one chunk of one block: recomputed states (row 0 = the checkpoint), decays, lane inputs
       std::vector<V> Hs((kChunk + 1) * n), As(kChunk * an), Us(kChunk), Ds(kChunk), Rs(kChunk), Ys(z ? kChunk : 0);
+      std::vector<V> Gs(kChunk), LU(kChunk), DL(kChunk);  // dLoss/dy through the gate; sums over states
       // per block of the task, carried across chunks
       std::vector<V> Ab(nb * an), A2(nb * an), Dl(nb), dh(nb * n), dAl(nb * an), dDl(nb), dbl(nb);
       for (int64_t k = k0; k < k1; ++k) load_consts(blk_c0[k], blk_nv[k], &Ab[(k - k0) * an], &A2[(k - k0) * an], Dl[k - k0]);
@@ -290,12 +292,13 @@ struct Scan {
             V y = step(B + bc, C + bc, A2k, Ds[r], Us[r], &Hs[r * n], &Hs[(r + 1) * n], &As[r * an]);
             if (z) Ys[r] = y + Dl[kb] * Us[r];
           }
-          // 2. reverse sweep over the chunk
+          // 2. reverse sweep over the chunk, in three passes: (a) output gradients through the gate;
+          // (b) the adjoint recurrence, which for a per-state A runs over tiles of 4 states with
+          // their dLoss/dh and dA in registers across the chunk's steps (the sums over states go to
+          // per-step accumulators); (c) du, ddelta from those sums.
           V dD_acc = dDl[kb], db_acc = dbl[kb];
-          for (int64_t t = t1 - 1; t >= t0; --t) {
-            const int64_t r = t - t0;
-            const V uu = Us[r], dd = Ds[r], du = dd * uu;
-            const int64_t o = (bi * L + t) * d + c0;
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t r = t - t0, o = (bi * L + t) * d + c0;
             V gy = load(dout + o, nv);
             if (z) {
               const V zt = load(z + bi * z_sb + t * z_st + c0, nv);
@@ -303,19 +306,21 @@ struct Scan {
               store(dz_o + o, gy * Ys[r] * sg * (T(1) + zt * (T(1) - sg)), nv);
               gy *= zt * sg;
             }
-            dD_acc += gy * uu;
-            const int64_t bc = bi * bc_sb + t * bc_st + grp * n;
-            const T* Brow = B + bc;
-            const T* Crow = C + bc;
-            const V* Ht = &Hs[(r + 1) * n];
-            const V* Hp = &Hs[r * n];
-            const V* At = &As[r * an];
-            V* dBa = &dBacc[r * n];
-            V* dCa = &dCacc[r * n];
-            V dlu{}, ddl{};
-            if (scalar_A) {  // one decay per lane: dLoss/d(delta*A) = a * sum_i dh_i h_{t-1,i}
-              const V a = At[0];
-              V s_dh_hp{};
+            dD_acc += gy * Us[r];
+            Gs[r] = gy;
+            LU[r] = DL[r] = V{};
+          }
+          if (scalar_A) {  // one decay per lane: dLoss/d(delta*A) = a * sum_i dh_i h_{t-1,i}
+            for (int64_t t = t1 - 1; t >= t0; --t) {
+              const int64_t r = t - t0, bc = bi * bc_sb + t * bc_st + grp * n;
+              const T* Brow = B + bc;
+              const T* Crow = C + bc;
+              const V* Ht = &Hs[(r + 1) * n];
+              const V* Hp = &Hs[r * n];
+              V* dBa = &dBacc[r * n];
+              V* dCa = &dCacc[r * n];
+              const V a = As[r], gy = Gs[r], du = Ds[r] * Us[r];
+              V dlu{}, s_dh_hp{};
               for (int64_t i = 0; i < n; ++i) {
                 const V dhv = dhk[i] + gy * Crow[i];  // dLoss/dh_t
                 dCa[i] += gy * Ht[i];
@@ -325,31 +330,50 @@ struct Scan {
                 dhk[i] = dhv * a;  // carried to t-1
               }
               const V dap = s_dh_hp * a;
-              ddl = dap * Abk[0];
-              dAk[0] += dap * dd;
-            } else {
-              V lu[4] = {}, dl[4] = {};  // partial sums (see step())
-              auto rev = [&](int64_t i, V& lu_acc, V& dl_acc) {
-                const V a = At[i];
-                const V dhv = dhk[i] + gy * Crow[i];
-                dCa[i] += gy * Ht[i];
-                dBa[i] += dhv * du;
-                lu_acc += dhv * Brow[i];
-                const V dap = dhv * Hp[i] * a;  // dLoss/d(delta*A_i)
-                dl_acc += dap * Abk[i];
-                dAk[i] += dap * dd;
-                dhk[i] = dhv * a;
-              };
-              int64_t i = 0;
-              for (; i + 4 <= n; i += 4) {
-                rev(i, lu[0], dl[0]); rev(i + 1, lu[1], dl[1]); rev(i + 2, lu[2], dl[2]); rev(i + 3, lu[3], dl[3]);
-              }
-              for (; i < n; ++i) rev(i, lu[0], dl[0]);
-              dlu = (lu[0] + lu[1]) + (lu[2] + lu[3]);
-              ddl = (dl[0] + dl[1]) + (dl[2] + dl[3]);
+              LU[r] = dlu;
+              DL[r] = dap * Abk[0];
+              dAk[0] += dap * Ds[r];
             }
-            store(du_o + o, gy * Dl[kb] + dlu * dd, nv);
-            V g_dl = ddl + dlu * uu;
+          } else {
+            auto tile = [&](auto tile_size, int64_t i0) {
+              constexpr int TI = decltype(tile_size)::value;
+              V dh_r[TI], dA_r[TI], A_r[TI];
+              for (int q = 0; q < TI; ++q) { dh_r[q] = dhk[i0 + q]; dA_r[q] = dAk[i0 + q]; A_r[q] = Abk[i0 + q]; }
+              for (int64_t t = t1 - 1; t >= t0; --t) {
+                const int64_t r = t - t0, bc = bi * bc_sb + t * bc_st + grp * n + i0;
+                const T* Brow = B + bc;
+                const T* Crow = C + bc;
+                const V* At = &As[r * n + i0];
+                const V* Ht = &Hs[(r + 1) * n + i0];
+                const V* Hp = &Hs[r * n + i0];
+                V* dBa = &dBacc[r * n + i0];
+                V* dCa = &dCacc[r * n + i0];
+                const V gy = Gs[r], dd = Ds[r], du = dd * Us[r];
+                V lu{}, dl{};
+                for (int q = 0; q < TI; ++q) {
+                  const V a = At[q];
+                  const V dhv = dh_r[q] + gy * Crow[q];  // dLoss/dh_t
+                  dCa[q] += gy * Ht[q];
+                  dBa[q] += dhv * du;
+                  lu += dhv * Brow[q];
+                  const V dap = dhv * Hp[q] * a;  // dLoss/d(delta*A_i)
+                  dl += dap * A_r[q];
+                  dA_r[q] += dap * dd;
+                  dh_r[q] = dhv * a;  // carried to t-1
+                }
+                LU[r] += lu;
+                DL[r] += dl;
+              }
+              for (int q = 0; q < TI; ++q) { dhk[i0 + q] = dh_r[q]; dAk[i0 + q] = dA_r[q]; }
+            };
+            int64_t i = 0;
+            for (; i + 4 <= n; i += 4) tile(std::integral_constant<int, 4>{}, i);
+            for (; i < n; ++i) tile(std::integral_constant<int, 1>{}, i);
+          }
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t r = t - t0, o = (bi * L + t) * d + c0;
+            store(du_o + o, Gs[r] * Dl[kb] + LU[r] * Ds[r], nv);
+            V g_dl = DL[r] + LU[r] * Us[r];
             if (softplus)
               for (int j = 0; j < W; ++j) g_dl[j] *= sigmoid(Rs[r][j]);
             store(ddelta_o + o, g_dl, nv);
@@ -713,6 +737,31 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& ckpt,
   return res;
 }
 
+// For tests: the vector exp / exp2 the kernels use, applied to a float32 tensor, and how many threads
+// an at::parallel_for in this extension actually ran on (1 if it was built without OpenMP).
+at::Tensor vec_exp_f32(const at::Tensor& x, bool base2) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32");
+  auto y = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  typedef Lanes<float>::vec V;
+  constexpr int W = Lanes<float>::W;
+  for (int64_t i = 0; i < x.numel(); i += W) {
+    const int nv = static_cast<int>(std::min<int64_t>(W, x.numel() - i));
+    const V v = Scan<float>::load(xp + i, nv);
+    Scan<float>::store(yp + i, base2 ? vexp2(v) : vexp(v), nv);
+  }
+  return y;
+}
+
+int64_t parallel_threads(int64_t n) {
+  std::vector<char> seen(std::max(1, at::get_num_threads()) + 1, 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { seen[std::min<int64_t>(at::get_thread_num(), seen.size() - 1)] = 1; });
+  int64_t count = 0;
+  for (char c : seen) count += c;
+  return count;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -722,4 +771,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_rmsnorm_fwd", &gated_rmsnorm_fwd, "RMSNorm(x * silu(z)) * w per group, forward (CPU)");
   m.def("gated_rmsnorm_bwd", &gated_rmsnorm_bwd, "RMSNorm(x * silu(z)) * w per group, backward (CPU)");
   m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv1d + SiLU backward, channel-last (CPU)");
+  m.def("vec_exp_f32", &vec_exp_f32, "the kernels' vector exp (base2=False) or exp2, float32 (tests)");
+  m.def("parallel_threads", &parallel_threads, "threads one at::parallel_for over n tasks ran on (tests)");
 }
