@@ -281,4 +281,5 @@ def test_short_training_matches_exact_reference_scan(version):
     ref, fused = curve("ref"), curve("fused")
     assert ref[-1] < 0.8 * ref[0]  # it learns, so the comparison means something
     rel = ((fused - ref).abs() / ref).max().item()
-    assert rel < 1e-3, f"loss curves differ by up to {rel:.2e} relative"
+    # float32 noise is ~2e-7 here; an exp that is 3e-4 off moves the curve by ~2e-5
+    assert rel < 5e-6, f"loss curves differ by up to {rel:.2e} relative"
