@@ -4,8 +4,10 @@
 // stride over channels (batch/time strides are free, so split/chunk views need no copy); B and C are
 // (b, L, g, n). Work is split over (batch row, run of channel blocks); a block is W consecutive
 // channels of one B/C group, processed as W SIMD lanes so the state h[n][W] stays in L1 and no
-// (b, L, d, n) tensor is ever materialised. Backward recomputes the block's forward into a per-task
-// (L, n, W) buffer instead of storing states from the forward pass.
+// (b, L, d, n) tensor is ever materialised. Training saves only the state entering every kChunk
+// steps; backward recomputes one chunk at a time from those checkpoints.
+// Threads: at::parallel_for is OpenMP code inlined here, so this file must be built with -fopenmp
+// (see fused_scan.py), or every kernel runs on one thread.
 //
 // "head" = channels per delta/A/D entry: 1 for Mamba-1, headdim for Mamba-2 (delta, A, D per head).
 #include <torch/extension.h>
