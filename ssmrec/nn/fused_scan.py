@@ -51,6 +51,8 @@ _error: str | None = None
 # loaded, so one OpenMP runtime (and torch's thread setting) serves both.
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 _LDFLAGS = ["-fopenmp"]
+# A compiler without OpenMP (e.g. Apple clang without libomp) still gets the kernels, on one thread.
+_CFLAGS_SERIAL = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
 
 
 def _cpu_signature() -> str:
@@ -109,16 +111,25 @@ def _build_into(final: Path):
     for stale in final.parent.glob("build-*"):  # left by a killed build (we hold the lock: nobody else builds)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="build-", dir=final.parent))
-    try:
-        src = tmp / _SRC.name
+
+    def compile_in(folder: Path, cflags: list, ldflags: list):
+        folder.mkdir()
+        src = folder / _SRC.name
         shutil.copyfile(_SRC, src)
         # a second build in this process (another cache folder) would otherwise be renamed *_v1,
         # whose PyInit symbol no other process could import under the cached name
         getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", {}).pop(_EXT_NAME, None)
-        mod = cpp_extension.load(
-            name=_EXT_NAME, sources=[str(src)], build_directory=str(tmp),
-            # -march=native: the digest includes the CPU's flags
-            extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
+        # -march=native: the digest includes the CPU's flags
+        return cpp_extension.load(name=_EXT_NAME, sources=[str(src)], build_directory=str(folder),
+                                  extra_cflags=cflags, extra_ldflags=ldflags, verbose=False)
+
+    try:
+        try:
+            mod = compile_in(tmp / "openmp", _CFLAGS, _LDFLAGS)
+        except Exception:
+            print("ssmrec: the fused kernel did not build with OpenMP (-fopenmp); building it without, so "
+                  "its kernels run on one thread", file=sys.stderr, flush=True)
+            mod = compile_in(tmp / "serial", _CFLAGS_SERIAL, [])
         if Path(mod.__file__).name != final.name:
             raise RuntimeError(f"cpp_extension built {mod.__file__}, expected {final.name}")
         os.replace(mod.__file__, final)  # same filesystem: atomic; the loaded mapping stays valid

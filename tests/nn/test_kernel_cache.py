@@ -103,3 +103,28 @@ def test_cache_shared_by_installs_in_different_places(concurrent_build, tmp_path
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
     assert _digest_dirs(ext_dir) == [so.parent]
     assert sorted(p.name for p in so.parent.iterdir()) == ["build.lock", so.name]
+
+
+SERIAL_SCRIPT = r"""
+import torch
+from ssmrec.nn import fused_scan
+fused_scan._CFLAGS = fused_scan._CFLAGS + ["-fno-such-option-ssmrec"]  # this 'OpenMP' build must fail
+ext = fused_scan.load_extension()
+assert ext is not None, fused_scan.fused_unavailable_reason()
+torch.set_num_threads(2)
+print("THREADS", ext.parallel_threads(64))
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 5, 8, generator=g)
+print("EXP_OK", bool(torch.allclose(ext.vec_exp_f32(x.flatten(), False), x.flatten().exp(), rtol=1e-5)))
+"""
+
+
+def test_compiler_without_openmp_falls_back_to_a_serial_build(tmp_path):
+    """When the -fopenmp build fails (a compiler without OpenMP), the kernel is built without it: the
+    fused path stays available, on one thread, and one line says so."""
+    env = dict(os.environ, SSMREC_EXT_DIR=str(tmp_path / "ext"), PYTHONPATH=str(PKG.parent))
+    r = subprocess.run([sys.executable, "-c", SERIAL_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=540)
+    assert r.returncode == 0, r.stderr
+    assert _field(r.stdout, "THREADS") == "1" and _field(r.stdout, "EXP_OK") == "True"
+    assert "did not build with OpenMP" in r.stderr
