@@ -52,7 +52,7 @@ _error: str | None = None
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 _LDFLAGS = ["-fopenmp"]
 # A compiler without OpenMP (e.g. Apple clang without libomp) still gets the kernels, on one thread.
-_CFLAGS_SERIAL = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+_CFLAGS_SERIAL = [f if f != "-fopenmp" else "-fopenmp-simd" for f in _CFLAGS]
 
 
 def _cpu_signature() -> str:

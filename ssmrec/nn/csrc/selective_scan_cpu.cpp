@@ -71,13 +71,12 @@ inline Lanes<double>::vec vexp2(Lanes<double>::vec x) {  // float64 is for gradc
   for (int j = 0; j < Lanes<double>::W; ++j) x[j] = std::exp2(x[j]);
   return x;
 }
-inline Lanes<float>::vec vexp(Lanes<float>::vec x) { return vexp2(x * 1.44269504088896341f); }
+constexpr double kLog2e = 1.4426950408889634;
+inline Lanes<float>::vec vexp(Lanes<float>::vec x) { return vexp2(x * static_cast<float>(kLog2e)); }
 inline Lanes<double>::vec vexp(Lanes<double>::vec x) {
   for (int j = 0; j < Lanes<double>::W; ++j) x[j] = std::exp(x[j]);
   return x;
 }
-constexpr double kLog2e = 1.4426950408889634;
-
 template <typename T> inline T softplus_fn(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
@@ -208,8 +207,8 @@ struct Scan {
   }
 
   // Training saves the state entering every chunk of kChunk steps (ckpt, an opaque (b, nchunks,
-  // blocks, n, W) buffer), so backward recomputes one chunk at a time into L1-sized buffers instead
-  // of a whole (L, n, W) history per block, which at L 200, n 32 overflowed L2.
+  // blocks, n, W) buffer), so backward recomputes one chunk at a time into buffers of a fixed,
+  // L1-sized length instead of a whole (L, n, W) history per block that grows with L.
   int64_t nchunks() const { return (L + kChunk - 1) / kChunk; }
   int64_t nblocks() const { return static_cast<int64_t>(blk_c0.size()); }
   V* ckpt_at(T* ckpt, int64_t bi, int64_t ci, int64_t k) const {
@@ -408,10 +407,10 @@ struct Scan {
     return __builtin_shufflevector(a, b, (int(I) / (G / 2)) * G + int(I) % (G / 2)...) +
            __builtin_shufflevector(a, b, (int(I) / (G / 2)) * G + G / 2 + int(I) % (G / 2)...);
   }
-  template <int G>
-  static void fold_level(V* v, int cnt) {
-    for (int j = 0; j < cnt / 2; ++j) v[j] = fold<G>(v[2 * j], v[2 * j + 1], std::make_index_sequence<W>{});
-    if constexpr (G > 2) fold_level<G / 2>(v, cnt / 2);
+  template <int G>  // G vectors holding G partial sums per row -> G / 2 vectors
+  static void fold_level(V* v) {
+    for (int j = 0; j < G / 2; ++j) v[j] = fold<G>(v[2 * j], v[2 * j + 1], std::make_index_sequence<W>{});
+    if constexpr (G > 2) fold_level<G / 2>(v);
   }
   // out[i] += lane sum of acc[i] for i < n, then zero acc
   void add_lane_sums(V* acc, T* out) const {
@@ -422,7 +421,7 @@ struct Scan {
         tmp[j] = j < cnt ? acc[i0 + j] : V{};
         if (j < cnt) acc[i0 + j] = V{};
       }
-      fold_level<W>(tmp, W);
+      fold_level<W>(tmp);
       store(out + i0, load(out + i0, cnt) + tmp[0], cnt);
     }
   }
