@@ -150,10 +150,11 @@ def _conv_ref(x, w, b):
                                    groups=w.shape[0])[..., :L]).transpose(1, 2)
 
 
-def test_gradcheck_causal_conv1d_silu():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 6, 11, dtype=torch.float64, generator=g)
-    w = torch.randn(11, 4, dtype=torch.float64, generator=g)
+@pytest.mark.parametrize("K", [4, 3, 6])  # 4: the kernel width compiled in; others: the runtime-width path
+def test_gradcheck_causal_conv1d_silu(K):
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 37, 11, dtype=torch.float64, generator=g)  # 37 steps: three 16-step tasks with halos
+    w = torch.randn(11, K, dtype=torch.float64, generator=g)
     b = torch.randn(11, dtype=torch.float64, generator=g)
     assert torch.autograd.gradcheck(fused_scan.causal_conv1d_silu, (x.requires_grad_(), w.requires_grad_(),
                                                                     b.requires_grad_()))

@@ -110,15 +110,37 @@ struct Scan {
     nsplit = std::min<int64_t>(static_cast<int64_t>(blk_c0.size()), std::max<int64_t>(1, (want + b - 1) / b));
   }
 
+  // Partial blocks (nv < W lanes) load zeros and store nothing past nv: one masked instruction under
+  // AVX-512, else lane loops. The full-width path returns straight from a memcpy: building v in
+  // memory for the lane loop kept it on the stack on both paths, and the round trip stalled on
+  // store forwarding (~4x on the conv). Masked moves are kept off that path: store-to-load
+  // forwarding from a masked store is slow on this CPU (the scan forward ran 3x slower).
   static V load(const T* p, int nv) {
-    V v{};
-    if (nv == W) std::memcpy(&v, p, sizeof(V));
-    else for (int j = 0; j < nv; ++j) v[j] = p[j];
+    V v;
+    if (__builtin_expect(nv == W, 1)) {
+      std::memcpy(&v, p, sizeof(V));
+      return v;
+    }
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value) v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nv) - 1u), p);
+    else v = _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << nv) - 1u), p);
+#else
+    v = V{};
+    for (int j = 0; j < nv; ++j) v[j] = p[j];
+#endif
     return v;
   }
   static void store(T* p, V v, int nv) {
-    if (nv == W) std::memcpy(p, &v, sizeof(V));
-    else for (int j = 0; j < nv; ++j) p[j] = v[j];
+    if (__builtin_expect(nv == W, 1)) {
+      std::memcpy(p, &v, sizeof(V));
+      return;
+    }
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value) _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << nv) - 1u), v);
+    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << nv) - 1u), v);
+#else
+    for (int j = 0; j < nv; ++j) p[j] = v[j];
+#endif
   }
 
   // lane inputs at time t for the block at c0 (invalid lanes are zero => exact no-ops);
@@ -450,13 +472,17 @@ struct CausalConv {
       if (bias) bv[c / W][c % W] = bias[c];
     }
   }
-  V pre(int64_t bi, int64_t t, int64_t blk) const {
-    const int n = nv(blk);
-    V acc = bv[blk];
-    for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
-      acc += wk[blk * K + k] * Scan<T>::load(x + bi * x_sb + (t - K + 1 + k) * x_st + blk * W, n);
+  // conv input (before SiLU) at step t for one channel block; KC > 0 is K known at compile time
+  // (Mamba's d_conv 4), so the tap loop unrolls and the weights stay in registers
+  template <int KC>
+  V pre(const T* xb, int64_t t, const V* wv, V acc, int n) const {
+    const int64_t Kk = KC > 0 ? KC : K;
+    for (int64_t k = std::max<int64_t>(0, Kk - 1 - t); k < Kk; ++k)
+      acc += wv[k] * Scan<T>::load(xb + (t - Kk + 1 + k) * x_st, n);
     return acc;
   }
+  // tasks: (batch row, kRows steps), each sweeping every channel block, blocks outer and steps inner so
+  // a block's K taps are re-read from L1
   template <typename F>
   void for_row_runs(F&& fn) const {
     const int64_t runs = (L + kRows - 1) / kRows;
@@ -467,47 +493,71 @@ struct CausalConv {
       }
     });
   }
-  void forward(T* y) const {
+  template <int KC>
+  void forward_k(T* y) const {
     for_row_runs([&](int64_t bi, int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t blk = 0; blk < nblk(); ++blk) {
-          const V p = pre(bi, t, blk);
-          Scan<T>::store(y + (bi * L + t) * C + blk * W, p * Scan<T>::vsigmoid(p), nv(blk));
+      for (int64_t blk = 0; blk < nblk(); ++blk) {
+        const int n = nv(blk);
+        const T* xb = x + bi * x_sb + blk * W;
+        V wv[KC > 0 ? KC : 1];
+        const V* w_use = KC > 0 ? wv : &wk[blk * K];
+        if (KC > 0) for (int k = 0; k < KC; ++k) wv[k] = wk[blk * K + k];
+        for (int64_t t = t0; t < t1; ++t) {
+          const V p = pre<KC>(xb, t, w_use, bv[blk], n);
+          Scan<T>::store(y + (bi * L + t) * C + blk * W, p * Scan<T>::vsigmoid(p), n);
         }
-    });
-  }
-  // dx (b, L, C); dw_p (threads, C, K) and db_p (threads, C) zero-initialised per-thread partials
-  void backward(const T* dy, T* dx, T* dw_p, T* db_p) const {
-    for_row_runs([&](int64_t bi, int64_t t0, int64_t t1) {
-      const int64_t nb = nblk(), te = std::min(L, t1 + K - 1);  // dx[t] needs dpre up to t + K - 1
-      std::vector<V> dpre((te - t0) * nb), dwk(nb * K), dbv(nb);
-      for (int64_t t = t0; t < te; ++t)
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          const V p = pre(bi, t, blk);
-          const V sg = Scan<T>::vsigmoid(p);
-          const V g = Scan<T>::load(dy + (bi * L + t) * C + blk * W, nv(blk)) * sg * (T(1) + p * (T(1) - sg));
-          dpre[(t - t0) * nb + blk] = g;
-          if (t >= t1) continue;  // halo rows: their dw/db belong to the next run
-          dbv[blk] += g;
-          for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
-            dwk[blk * K + k] += g * Scan<T>::load(x + bi * x_sb + (t - K + 1 + k) * x_st + blk * W, nv(blk));
-        }
-      for (int64_t s = t0; s < t1; ++s)
-        for (int64_t blk = 0; blk < nb; ++blk) {
-          V acc{};
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t t = s + K - 1 - k;
-            if (t < te) acc += wk[blk * K + k] * dpre[(t - t0) * nb + blk];
-          }
-          Scan<T>::store(dx + (bi * L + s) * C + blk * W, acc, nv(blk));
-        }
-      T* dwt = dw_p + at::get_thread_num() * C * K;
-      T* dbt = db_p + at::get_thread_num() * C;
-      for (int64_t c = 0; c < C; ++c) {
-        dbt[c] += dbv[c / W][c % W];
-        for (int64_t k = 0; k < K; ++k) dwt[c * K + k] += dwk[(c / W) * K + k][c % W];
       }
     });
+  }
+  void forward(T* y) const { K == 4 ? forward_k<4>(y) : forward_k<0>(y); }
+  // dx (b, L, C); dw_p (threads, C, K) and db_p (threads, C) zero-initialised per-thread partials
+  template <int KC>
+  void backward_k(const T* dy, T* dx, T* dw_p, T* db_p) const {
+    for_row_runs([&](int64_t bi, int64_t t0, int64_t t1) {
+      const int64_t Kk = KC > 0 ? KC : K, te = std::min(L, t1 + Kk - 1);  // dx[t] needs dpre up to t + K - 1
+      V dpre[kRows + 8];  // te - t0 <= kRows + K - 1
+      std::vector<V> dpre_big(KC > 0 ? 0 : te - t0);
+      V* dp = KC > 0 ? dpre : dpre_big.data();
+      T* dwt = dw_p + at::get_thread_num() * C * Kk;
+      T* dbt = db_p + at::get_thread_num() * C;
+      for (int64_t blk = 0; blk < nblk(); ++blk) {
+        const int n = nv(blk);
+        const T* xb = x + bi * x_sb + blk * W;
+        V wv[KC > 0 ? KC : 1], dwv[KC > 0 ? KC : 1];
+        std::vector<V> dw_big(KC > 0 ? 0 : Kk);
+        V* dw_use = KC > 0 ? dwv : dw_big.data();
+        const V* w_use = KC > 0 ? wv : &wk[blk * K];
+        for (int64_t k = 0; k < (KC > 0 ? KC : 0); ++k) wv[k] = wk[blk * K + k];
+        for (int64_t k = 0; k < Kk; ++k) dw_use[k] = V{};
+        V dbv{};
+        for (int64_t t = t0; t < te; ++t) {
+          const V p = pre<KC>(xb, t, w_use, bv[blk], n);
+          const V sg = Scan<T>::vsigmoid(p);
+          const V g = Scan<T>::load(dy + (bi * L + t) * C + blk * W, n) * sg * (T(1) + p * (T(1) - sg));
+          dp[t - t0] = g;
+          if (t >= t1) continue;  // halo rows: their dw/db belong to the next run
+          dbv += g;
+          for (int64_t k = std::max<int64_t>(0, Kk - 1 - t); k < Kk; ++k)
+            dw_use[k] += g * Scan<T>::load(xb + (t - Kk + 1 + k) * x_st, n);
+        }
+        for (int64_t s = t0; s < t1; ++s) {
+          V acc{};
+          for (int64_t k = 0; k < Kk; ++k) {
+            const int64_t t = s + Kk - 1 - k;
+            if (t < te) acc += w_use[k] * dp[t - t0];
+          }
+          Scan<T>::store(dx + (bi * L + s) * C + blk * W, acc, n);
+        }
+        for (int j = 0; j < n; ++j) {
+          const int64_t c = blk * W + j;
+          dbt[c] += dbv[j];
+          for (int64_t k = 0; k < Kk; ++k) dwt[c * Kk + k] += dw_use[k][j];
+        }
+      }
+    });
+  }
+  void backward(const T* dy, T* dx, T* dw_p, T* db_p) const {
+    K == 4 ? backward_k<4>(dy, dx, dw_p, db_p) : backward_k<0>(dy, dx, dw_p, db_p);
   }
 };
 
