@@ -41,31 +41,43 @@ template <typename T> struct Lanes {
 };
 typedef int32_t vint __attribute__((vector_size(kVecBytes)));
 
-// 2^x on a vector of floats with no libm call: round x to the nearest integer k by the 1.5*2^23 trick (k then
-// sits in the low mantissa bits, so (bits << 23) is the float 2^k), and 2^f for f = x - k in
-// [-0.5, 0.5] by a degree-5 polynomial (near-minimax relative fit). Max relative error 1.9e-7
-// (~1.6 ulp; tested) on [-126, 127.49]; x below gives 2^-126 ~ 1.2e-38, not 0, and x above saturates. 11 vector ops, and
-// the scan calls it on x = delta * (A * log2 e) with the scale folded into A once per block.
+// 2^x on a vector of floats with no libm call: x = k + f with k the nearest integer and f in [-0.5, 0.5],
+// 2^f by a degree-5 polynomial (near-minimax relative fit), times 2^k. Max relative error 1.9e-7
+// (~1.6 ulp; tested) for x in [-126, 127.49]. x below -126 gives 2^-126 ~ 1.2e-38 (never a denormal:
+// denormal operands are slow), x above overflows to +inf as exp does. Under AVX-512, k comes from one
+// rounding instruction and 2^k is applied by vscalefps (9 vector ops); elsewhere by the 1.5*2^23
+// trick, which leaves k + 127 in the low mantissa bits so that (bits << 23) is the float 2^k, and
+// saturates at 2^127.49 instead of overflowing (12 ops). The scan calls it on x = delta * (A * log2 e)
+// with the scale folded into A once per block.
 inline Lanes<float>::vec vexp2(Lanes<float>::vec x) {
   typedef Lanes<float>::vec V;
-  const V lo = V{} - 126.0f, hi = V{} + 127.49f, magic = V{} + (12582912.0f + 127.0f);
+  const V lo = V{} - 126.0f;
 #if defined(__AVX512F__)
-  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);  // the generic select below compiles to compare + blend
-#elif defined(__AVX__)
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  x = _mm512_max_ps(x, lo);
+  const V k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V f = x - k;
+#else
+  const V hi = V{} + 127.49f, magic = V{} + (12582912.0f + 127.0f);
+#if defined(__AVX__)
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);  // the generic select below compiles to compare + blend
 #else
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
 #endif
   const V kf = x + magic;  // low mantissa bits: k + 127 (the biased exponent of 2^k)
   const V f = x - (kf - magic);
+#endif
   V p = V{} + 1.326472731307149e-3f;
   p = p * f + 9.671512991189957e-3f;
   p = p * f + 5.550733581185341e-2f;
   p = p * f + 2.402224242687225e-1f;
   p = p * f + 6.931470036506653e-1f;
   p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return _mm512_scalef_ps(p, k);
+#else
   return p * (V)((vint)kf << 23);
+#endif
 }
 inline Lanes<double>::vec vexp2(Lanes<double>::vec x) {  // float64 is for gradcheck: exactness first
   for (int j = 0; j < Lanes<double>::W; ++j) x[j] = std::exp2(x[j]);
