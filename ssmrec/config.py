@@ -33,7 +33,7 @@ from ssmrec.errors import ConfigError
 from ssmrec.params import (STRICT, Bool, Name, NonNegFloat, NonNegInt, PosFloat, PosInt,
                            validation_error_line)
 
-TASKS = ("ctr", "next_item")
+TASKS = ("ctr", "next_item", "retrieval")
 
 
 def builtin_config_dir() -> Path:

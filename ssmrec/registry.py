@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from ssmrec.errors import ConfigError
 
 # Where each task's models live (imported on first lookup).
-MODEL_PACKAGES = {"ctr": "ssmrec.models.ctr", "next_item": "ssmrec.models.seq"}
+MODEL_PACKAGES = {"ctr": "ssmrec.models.ctr", "next_item": "ssmrec.models.seq", "retrieval": "ssmrec.models.tower"}
 
 
 @dataclass(frozen=True)

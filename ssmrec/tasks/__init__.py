@@ -12,7 +12,8 @@ import importlib
 
 from ssmrec.errors import ConfigError
 
-TASK_CLASSES = {"ctr": "ssmrec.tasks.ctr:CTRTask", "next_item": "ssmrec.tasks.next_item:NextItemTask"}
+TASK_CLASSES = {"ctr": "ssmrec.tasks.ctr:CTRTask", "next_item": "ssmrec.tasks.next_item:NextItemTask",
+                "retrieval": "ssmrec.tasks.retrieval:RetrievalTask"}
 
 
 def task_class(name: str):
