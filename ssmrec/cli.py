@@ -162,8 +162,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_recommend(args) -> int:
-    """Top-k next items per user of a next_item checkpoint, as a long table (user_id, rank, item_id,
-    score) in CSV or parquet (by the --out suffix)."""
+    """Top-k items per user of a next_item checkpoint (after the user's whole sequence) or a retrieval
+    checkpoint (every user of its environment, by inner product against the catalogue), as a long table
+    (user_id, rank, item_id, score) in CSV or parquet (by the --out suffix)."""
     import numpy as np
     import pyarrow as pa
 
@@ -176,9 +177,9 @@ def _cmd_recommend(args) -> int:
         raise SsmrecError(f"--out must end in .csv or .parquet, got {args.out!r}")
     out = check_output_file(args.out, "recommendations")  # before any model or data is loaded
     model, cfg, task, ck = load_model(args.checkpoint)
-    if cfg.task != "next_item":
-        raise SsmrecError(f"{args.checkpoint}: recommend needs a next_item checkpoint (this one is task "
-                          f"'{cfg.task}'; use predict)")
+    if cfg.task not in ("next_item", "retrieval"):
+        raise SsmrecError(f"{args.checkpoint}: recommend needs a next_item or retrieval checkpoint (this one is "
+                          f"task '{cfg.task}'; use predict)")
     if args.data:
         cfg.data.source = str(args.data)
     task.setup(("valid", "test"))
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace an earlier run in the same folder (its checkpoints and metrics are deleted)")
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="metrics of a checkpoint on a split (CTR: AUC / logloss / gAUC; next_item: HR / NDCG / MRR)")
+    ev = sub.add_parser("evaluate", help="metrics of a checkpoint on a split (CTR: AUC / logloss / gAUC; next_item: HR / NDCG / MRR; retrieval: valid MSE, test P / R / MRR / HR @ k and MAP@12)")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="data folder (default: the one the model was trained on)")
     ev.add_argument("--split", default="valid")
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "writes Task1; default Task2)")
     pr.set_defaults(func=_cmd_predict)
 
-    rec = sub.add_parser("recommend", help="top-k next items per user of a next_item checkpoint (CSV or parquet)")
+    rec = sub.add_parser("recommend", help="top-k items per user of a next_item or retrieval checkpoint (CSV or parquet)")
     rec.add_argument("--checkpoint", required=True)
     rec.add_argument("--data", help="dataset folder or file (default: the one the model was trained on)")
     rec.add_argument("--k", type=int, default=10)

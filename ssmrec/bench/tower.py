@@ -17,6 +17,11 @@ per user row (batch ``--infer-batch``, no grad), min / median of ``--repeats``, 
 activation memory a training step keeps for backward (bytes of every tensor autograd saves — the
 part of training memory that grows with the number of tokens) plus the parameters. Writes
 ``scaling.json``, ``scaling.md`` and ``scaling.png``, and says where the two curves cross.
+
+``--index``: exact top-k against faiss (HNSW and IVF, :mod:`ssmrec.index`) on synthetic catalogues of
+``--catalogue`` sizes (32-d item vectors around 256 cluster centres, as trained item towers are
+clustered; 1,000 queries drawn the same way): build seconds, query ms per user (min / median) and
+recall@10 against exact search. Writes ``index.json``, ``index.md`` and ``index.png``.
 """
 
 from __future__ import annotations
@@ -295,6 +300,67 @@ def cmd_scaling(args, out: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- index
+def clustered_vectors(rng, n: int, d: int = 32, centres: int = 256):
+    import numpy as np
+
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    return (c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, d)).astype(np.float32))
+
+
+def cmd_index(args, out: Path) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ssmrec.bench.common import time_repeats
+    from ssmrec.index import ExactIndex, FaissIndex, faiss_available, recall_at_k
+
+    if not faiss_available():
+        raise SsmrecError("bench tower --index needs faiss: pip install 'ssmrec[ann]' (faiss-cpu)")
+    sizes = _int_list(args.catalogue, "--catalogue")
+    rng = np.random.default_rng(0)
+    queries = clustered_vectors(rng, 1000)
+    rows = []
+    for n in tqdm(sizes, desc="index (catalogue sizes)", unit="size"):
+        items = clustered_vectors(rng, n)
+        exact = ExactIndex(items)
+        _, truth = exact.search(queries, 10)
+        t = time_repeats(lambda: exact.search(queries, 10), args.repeats, warmup=1)
+        rows.append({"items": n, "kind": "exact", "build_s": 0.0, "query_ms_per_user": {
+            "min": t["min"] * 1e3 / len(queries), "median": t["median"] * 1e3 / len(queries)}, "recall@10": 1.0})
+        for kind in ("hnsw", "ivf"):
+            t0 = time.perf_counter()
+            idx = FaissIndex(items, kind)
+            build = time.perf_counter() - t0
+            _, got = idx.search(queries, 10)
+            t = time_repeats(lambda: idx.search(queries, 10), args.repeats, warmup=1)
+            rows.append({"items": n, "kind": kind, "build_s": build, "query_ms_per_user": {
+                "min": t["min"] * 1e3 / len(queries), "median": t["median"] * 1e3 / len(queries)},
+                "recall@10": recall_at_k(got, truth)})
+    table = [[r["items"], r["kind"], f"{r['build_s']:.2f}",
+              f"{r['query_ms_per_user']['min']:.4f} / {r['query_ms_per_user']['median']:.4f}", f"{r['recall@10']:.4f}"]
+             for r in rows]
+    md = ["# ssmrec bench tower --index", "",
+          "Top-10 by inner product for 1,000 queries against synthetic catalogues of 32-d item vectors (256 "
+          f"clusters); query time min / median of {args.repeats}; recall@10 against exact search.", "",
+          markdown_table(["items", "index", "build s", "query ms / user", "recall@10"], table), "",
+          f"Machine: {machine_info()}"]
+    write_json_atomic(out / "index.json", {"rows": rows, "machine": machine_info()})
+    write_text_atomic(out / "index.md", "\n".join(md) + "\n")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for kind in ("exact", "hnsw", "ivf"):
+        rs = [r for r in rows if r["kind"] == kind]
+        axes[0].plot([r["items"] for r in rs], [r["query_ms_per_user"]["median"] for r in rs], "o-", label=kind)
+        axes[1].plot([r["items"] for r in rs], [r["recall@10"] for r in rs], "o-", label=kind)
+    for ax, title in zip(axes, ("query ms per user (median)", "recall@10 vs exact")):
+        ax.set_xscale("log"), ax.set_xlabel("catalogue items"), ax.set_title(title), ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    save_figure_atomic(fig, out / "index.png")
+    print((out / "index.md").read_text())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _int_list(text: str, flag: str) -> list[int]:
     try:
@@ -325,12 +391,12 @@ def cmd_bench_tower(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise SsmrecError(f"--steps must be >= 1, got {args.steps}")
     out = check_output_dir(args.out, "bench output")
-    if args.scaling:
+    if args.scaling or args.index:
         if args.threads > 0:
             import torch
 
             torch.set_num_threads(args.threads)
-        return cmd_scaling(args, out)
+        return cmd_scaling(args, out) if args.scaling else cmd_index(args, out)
     models = _models(args.models)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     overrides = list(args.set or [])
@@ -362,6 +428,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--features", default="8,32,128,512,2048", help="--scaling: feature counts")
     p.add_argument("--batch", type=int, default=32, help="--scaling: training batch (the paper's 32)")
     p.add_argument("--infer-batch", type=int, default=256, help="--scaling: inference batch")
-    p.add_argument("--repeats", type=int, default=5, help="--scaling: timed repeats")
+    p.add_argument("--repeats", type=int, default=5, help="--scaling / --index: timed repeats")
+    p.add_argument("--index", action="store_true", help="exact top-k vs faiss HNSW / IVF: time and recall@10")
+    p.add_argument("--catalogue", default="10000,100000,300000", help="--index: catalogue sizes")
     p.add_argument("--out", default="runs/bench-tower", help="output folder")
     p.set_defaults(func=cmd_bench_tower)

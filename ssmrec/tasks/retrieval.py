@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from ssmrec.data.tabular import TowerData
 from ssmrec.errors import SsmrecError
+from ssmrec.index import INDEX_KINDS, build_index
 from ssmrec.models.tower.ft import PairBatch
 from ssmrec.params import STRICT, NonNegInt, PosFloat, PosInt, UnitFloat
 from ssmrec.tasks.base import Task
@@ -43,6 +44,8 @@ class RetrievalDataConfig(BaseModel):
     n_test_users: PosInt = 100  # held-out users ranked against every item (the paper: 100)
     loss: Literal["mse", "bce"] = "mse"
     ks: list[PosInt] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    # top-k for recommend: exact, or an approximate faiss index (ssmrec.index; auto: faiss past 100k items)
+    index: Literal[INDEX_KINDS] = "auto"  # type: ignore[valid-type]
     unseen: Literal["reserve", "error"] = "reserve"  # a category value not seen in training
     nan: Literal["error", "mean"] = "error"  # a NaN numeric value
     # spotify
@@ -239,17 +242,17 @@ class RetrievalTask(Task):
 
     @torch.no_grad()
     def topk(self, model, user_rows: np.ndarray, k: int, batch_size: int = 4096):
-        """Top-``k`` item rows and scores for ``user_rows``, by inner product against the whole
-        catalogue (encoded once): ``(items (U, k), scores (U, k))``, best first."""
+        """Top-``k`` item rows and scores for ``user_rows`` by inner product against the whole catalogue,
+        encoded once and searched with ``data.index`` (exact, or faiss past 100k items under "auto"):
+        ``(items (U, k), scores (U, k))``, best first."""
         model.eval()
-        items = self.encode_catalogue(model, batch_size)
-        k = min(k, len(self.data.items))
+        index = build_index(self.encode_catalogue(model, batch_size).numpy(), self.cfg.data.index)
         out_i, out_s = [], []
         for a in range(0, len(user_rows), batch_size):
             u = model.encode_users(*self.data.users.rows(user_rows[a:a + batch_size]))
-            s, i = (u @ items.T).topk(k, dim=1)
-            out_i.append(i.numpy())
-            out_s.append(s.numpy())
+            s, i = index.search(u.numpy(), k)
+            out_i.append(i)
+            out_s.append(s)
         return np.concatenate(out_i), np.concatenate(out_s)
 
     def recommend(self, model, k: int, batch_size: int = 4096, exclude_seen: bool = False, device="cpu"):
