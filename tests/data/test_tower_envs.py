@@ -62,9 +62,12 @@ def test_hm_env_on_the_real_sample():
     # test users are held out of training and each has a relevant (purchased top) article
     assert not np.isin(d.test_users, d.train.user).any()
     assert bool(d.relevance_matrix().any(1).all())
-    # a negative is never an article the user bought
-    rel_train = d.train.target == 0
-    assert rel_train.any()
+    # a negative (target 0) is never an article that user bought (a positive pair)
+    u = np.concatenate([d.train.user, d.valid.user])
+    i = np.concatenate([d.train.item, d.valid.item])
+    y = np.concatenate([d.train.target, d.valid.target])
+    key = u * len(d.items) + i
+    assert (y == 0).any() and not np.isin(key[y == 0], key[y == 1]).any()
 
 
 def _write_hm(folder, customers=None, articles=None, transactions=None):
