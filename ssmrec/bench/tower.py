@@ -16,7 +16,8 @@ embedders) this times one training step (batch ``--batch``, forward + backward +
 per user row (batch ``--infer-batch``, no grad), min / median of ``--repeats``, and counts the
 activation memory a training step keeps for backward (bytes of every tensor autograd saves — the
 part of training memory that grows with the number of tokens) plus the parameters. Writes
-``scaling.json``, ``scaling.md`` and ``scaling.png``, and says where the two curves cross.
+``scaling.json``, ``scaling.md`` and ``scaling.png``, and says where the two curves cross. Each case
+runs in its own process, whose peak RSS is reported too.
 
 ``--index``: exact top-k against faiss (HNSW and IVF, :mod:`ssmrec.index`) on synthetic catalogues of
 ``--catalogue`` sizes (32-d item vectors around 256 cluster centres, as trained item towers are
@@ -195,7 +196,10 @@ def saved_activation_bytes(model, batch) -> int:
     return sum(seen.values())
 
 
-def scaling_case(model_name: str, n_features: int, batch: int, infer_batch: int, repeats: int) -> dict:
+def scaling_case(model_name: str, n_features: int, batch: int, infer_batch: int, repeats: int,
+                 peak_rss: bool = False) -> dict:
+    """Time one embedder at one width; ``peak_rss``: also this process's peak RSS (meaningful in a
+    process that ran nothing else, as ``--scaling`` arranges)."""
     import torch
 
     from ssmrec.bench.common import time_repeats
@@ -231,10 +235,32 @@ def scaling_case(model_name: str, n_features: int, batch: int, infer_batch: int,
     act = saved_activation_bytes(model, b)
     model.eval()
     t_inf = time_repeats(infer, repeats, warmup=1)
-    return {"model": model_name, "n_features": n_features, "tokens": n_features + 1, "batch": batch,
-            "train_step_ms": {"min": t_train["min"] * 1e3, "median": t_train["median"] * 1e3},
-            "infer_ms_per_row": {"min": t_inf["min"] * 1e3 / infer_batch, "median": t_inf["median"] * 1e3 / infer_batch},
-            "activation_mb": act / 2**20, "params": sum(p.numel() for p in model.parameters())}
+    row = {"model": model_name, "n_features": n_features, "tokens": n_features + 1, "batch": batch,
+           "train_step_ms": {"min": t_train["min"] * 1e3, "median": t_train["median"] * 1e3},
+           "infer_ms_per_row": {"min": t_inf["min"] * 1e3 / infer_batch, "median": t_inf["median"] * 1e3 / infer_batch},
+           "activation_mb": act / 2**20, "params": sum(p.numel() for p in model.parameters())}
+    if peak_rss:
+        import resource
+
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return row
+
+
+def _scaling_in_subprocess(model: str, n_features: int, args) -> dict:
+    """One scaling case in a fresh process, so its peak RSS is that case's alone."""
+    import json
+    import subprocess
+    import sys
+
+    threads = f"torch.set_num_threads({args.threads}); " if args.threads > 0 else ""
+    code = ("import json, torch; from ssmrec.bench.tower import scaling_case; " + threads
+            + f"print('RESULT ' + json.dumps(scaling_case({model!r}, {n_features}, {args.batch}, "
+            f"{args.infer_batch}, {args.repeats}, peak_rss=True)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SsmrecError(f"bench tower --scaling: {model} at {n_features} features failed: "
+                          f"{(p.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+    return json.loads(next(line[7:] for line in p.stdout.splitlines() if line.startswith("RESULT ")))
 
 
 def crossing(rows: list[dict], key: str) -> str:
@@ -268,26 +294,29 @@ def cmd_scaling(args, out: Path) -> int:
     rows = []
     cases = [(m, f) for f in feats for m in models]
     for m, f in tqdm(cases, desc="scaling (model, features)", unit="case"):
-        rows.append(scaling_case(m, f, args.batch, args.infer_batch, args.repeats))
+        rows.append(_scaling_in_subprocess(m, f, args))
     table = [[LABEL[r["model"]], r["n_features"], f"{r['train_step_ms']['min']:.1f} / {r['train_step_ms']['median']:.1f}",
               f"{r['infer_ms_per_row']['min']:.4f} / {r['infer_ms_per_row']['median']:.4f}",
-              f"{r['activation_mb']:.1f}", r["params"]] for r in rows]
-    cross = {k: crossing(rows, k) for k in ("train_step_ms", "infer_ms_per_row", "activation_mb")}
+              f"{r['activation_mb']:.1f}", f"{r['peak_rss_mb']:.0f}", r["params"]] for r in rows]
+    cross = {k: crossing(rows, k) for k in ("train_step_ms", "infer_ms_per_row", "activation_mb", "peak_rss_mb")}
     md = ["# ssmrec bench tower --scaling", "",
           f"Synthetic users of n numeric features (n + 1 tokens with [CLS]), items of 8; the paper's embedders "
           f"(token width 128). Training step: batch {args.batch}, forward + backward + Adam; inference: batch "
           f"{args.infer_batch}, user tower, no grad; min / median of {args.repeats}. Activation MB: bytes autograd "
-          f"saves for backward in one training forward.", "",
-          markdown_table(["embedder", "features", "train step ms", "infer ms / row", "activation MB", "params"], table),
+          f"saves for backward in one training forward. Peak RSS MB: the peak resident memory of the process that "
+          f"ran the case alone (torch itself is ~300 MB of it).", "",
+          markdown_table(["embedder", "features", "train step ms", "infer ms / row", "activation MB", "peak RSS MB",
+                          "params"], table),
           "", "Where the curves cross (FT-Transformer / FT-Mamba, medians):", "",
           *(f"- {k}: {v}" for k, v in cross.items()), "", f"Machine: {machine_info()}"]
     write_json_atomic(out / "scaling.json", {"rows": rows, "crossing": cross, "machine": machine_info(),
                                              "args": {k: v for k, v in vars(args).items() if k != "func"}})
     write_text_atomic(out / "scaling.md", "\n".join(md) + "\n")
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, title in zip(axes, ("train_step_ms", "infer_ms_per_row", "activation_mb"),
-                              ("training step (ms, median)", "inference per row (ms, median)", "activation memory (MB)")):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, key, title in zip(axes, ("train_step_ms", "infer_ms_per_row", "activation_mb", "peak_rss_mb"),
+                              ("training step (ms, median)", "inference per row (ms, median)",
+                               "activations saved for backward (MB)", "peak RSS of the case's process (MB)")):
         for m in models:
             rs = [r for r in rows if r["model"] == m]
             ax.plot([r["n_features"] for r in rs],

@@ -40,7 +40,8 @@ def test_bench_tower_scaling_and_index(tmp_path):
         assert x["tokens"] == f + 1 and x["train_step_ms"]["median"] > 0 and x["activation_mb"] > 0
     # more tokens keep more activations for backward
     assert rows[("ft_mamba", 16)]["activation_mb"] > rows[("ft_mamba", 4)]["activation_mb"]
-    assert set(res["crossing"]) == {"train_step_ms", "infer_ms_per_row", "activation_mb"}
+    assert set(res["crossing"]) == {"train_step_ms", "infer_ms_per_row", "activation_mb", "peak_rss_mb"}
+    assert all(x["peak_rss_mb"] > 100 for x in rows.values())  # each case ran in its own process (torch included)
     assert (out / "scaling.png").stat().st_size > 1000
     pytest.importorskip("faiss")
     r = run_cli("bench", "tower", "--index", "--catalogue", "3000", "--repeats", "1", "--threads", "1", "--out", out)

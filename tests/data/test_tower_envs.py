@@ -145,3 +145,21 @@ def test_vaccine_env_clusters_messages_with_the_real_text_encoder():
     assert 0.05 < d.info["positive_share"] < 0.6
     same = _env(env="vaccine", n_users=3000, n_pairs=4000, n_valid=200, n_test_users=50, k_clusters=5, n_messages=10)
     assert _same(d, same)
+
+
+def test_hm_unseen_category_policy_from_the_cli(tmp_path):
+    """A test customer (held out of the fitting rows) with a club status no training customer has:
+    ``data.unseen: error`` refuses it in one line naming the file, column, row and value; ``reserve``
+    (the default) maps it to the unknown token."""
+    customers = ("customer_id,FN,Active,club_member_status,fashion_news_frequency,age,postal_code\n"
+                 + "".join(f"c{i},,,{'LEFT CLUB' if i == 0 else 'ACTIVE'},NONE,{20 + i},p\n" for i in range(12)))
+    folder = _write_hm(tmp_path / "hm", customers=customers)
+    sets = ["--set", f"data.source={folder}", "--set", "data.files=null", "--set", "data.top_articles=5",
+            "--set", "data.n_test_users=4", "--set", "data.n_pairs=64", "--set", "data.n_valid=4",
+            "--set", "model_params={d_token: 8, n_layers: 1, d_conv: 4}", "--set", "train.progress=false",
+            "--set", f"out_dir={tmp_path}"]
+    r = run_cli("train", "--config", "tower/hm_ft_mamba", *sets, "--set", "data.unseen=error")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "customers.csv: column 'club_member_status', row 0: value 'LEFT CLUB' was not seen in training" in r.stderr
+    r = run_cli("train", "--config", "tower/hm_ft_mamba", *sets)
+    assert r.returncode == 0, r.stderr[-1500:]
