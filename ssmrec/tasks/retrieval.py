@@ -136,8 +136,12 @@ class RetrievalTask(Task):
 
     def feature_map(self) -> dict:
         d = self.data
+        # the encodings (category vocabularies, numeric mean / std) travel with a checkpoint, so raw rows
+        # can be encoded exactly as in training without the training data
+        enc = lambda t: {"vocab": {k: list(v) for k, v in t.vocab.items()},  # noqa: E731
+                         "stats": {k: [float(a), float(b)] for k, (a, b) in t.stats.items()}}
         return {"env": d.name, "user": d.users.schema(), "item": d.items.schema(), "n_users": len(d.users),
-                "n_items": len(d.items)}
+                "n_items": len(d.items), "user_encoding": enc(d.users), "item_encoding": enc(d.items)}
 
     def artifacts(self) -> dict:
         return {}

@@ -143,6 +143,8 @@ def test_train_evaluate_recommend_from_the_cli(tmp_path):
     r = run_cli("train", "--config", "tower/spotify_ft_mamba", *sets)
     assert r.returncode == 0, r.stderr[-2000:]
     ck = tmp_path / "t" / "best.pt"
+    fm = torch.load(ck, weights_only=True)["feature_map"]  # encodings travel with the checkpoint, safely loadable
+    assert set(fm["user_encoding"]["stats"]) == {f"x{j}" for j in range(5)} and fm["item"]["numeric"]
     r = run_cli("evaluate", "--checkpoint", ck, "--split", "test")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "hr@5" in r.stdout and "map@12" in r.stdout
