@@ -48,10 +48,6 @@ class RetrievalDataConfig(BaseModel):
     index: Literal[INDEX_KINDS] = "auto"  # type: ignore[valid-type]
     unseen: Literal["reserve", "error"] = "reserve"  # a category value not seen in training
     nan: Literal["error", "mean"] = "error"  # a NaN numeric value
-    # spotify
-    genre_prob: UnitFloat = 0.5  # P(user likes a genre), each of the 20 bits independently
-    like_quantile: UnitFloat = 0.8  # p(u) above this quantile of all training preferences -> +1
-    dislike_quantile: UnitFloat = 0.2  # below this quantile -> -1; in between 0
     # vaccine
     n_users: PosInt = 50_000
     k_clusters: PosInt = 25
@@ -116,9 +112,6 @@ class RetrievalTask(Task):
         d = cfg.data
         if d.env in ("spotify", "hm") and not d.source:
             raise ConfigError(f"{source}: data.source must name the {d.env} data folder for env '{d.env}'")
-        if d.dislike_quantile > d.like_quantile:
-            raise ConfigError(f"{source}: data.dislike_quantile ({d.dislike_quantile}) must be <= "
-                              f"data.like_quantile ({d.like_quantile})")
         if d.env == "vaccine" and d.n_messages < d.k_clusters:
             raise ConfigError(f"{source}: data.n_messages ({d.n_messages}) must be >= data.k_clusters "
                               f"({d.k_clusters}) for k-means on the messages")
@@ -230,7 +223,7 @@ class RetrievalTask(Task):
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v[valid].sum())
         out = {k: v / max(counted, 1) for k, v in sums.items()}
-        out["test_users"] = counted
+        out["users_ranked"] = counted
         out["infer_ms_per_user"] = 1000.0 * (time.perf_counter() - t0) / max(len(users), 1)
         return out
 
