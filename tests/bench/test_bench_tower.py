@@ -28,6 +28,7 @@ def test_bench_tower_spotify_two_seeds(tmp_path):
     assert (out / "results.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_bench_tower_scaling_and_index(tmp_path):
     out = tmp_path / "s"
     r = run_cli("bench", "tower", "--scaling", "--features", "4,16", "--repeats", "1", "--batch", "4",

@@ -147,6 +147,7 @@ def test_vaccine_env_clusters_messages_with_the_real_text_encoder():
     assert _same(d, same)
 
 
+@pytest.mark.slow
 def test_hm_unseen_category_policy_from_the_cli(tmp_path):
     """A test customer (held out of the fitting rows) with a club status no training customer has:
     ``data.unseen: error`` refuses it in one line naming the file, column, row and value; ``reserve``

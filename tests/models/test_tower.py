@@ -91,6 +91,7 @@ def test_ranking_metrics_break_ties_pessimistically_and_skip_users_without_relev
     assert math.isnan(float(m["hr@5"][1]))
 
 
+@pytest.mark.slow
 def test_retrieval_trains_end_to_end_and_beats_chance(tmp_path):
     """A small FT-Mamba on the wide synthetic environment: test HR@5 well above a random ranking's."""
     from ssmrec.config import load_config
@@ -129,6 +130,7 @@ def test_feature_table_policies_unseen_and_nan():
         encode_table(cols, ["height"], [], ["u0", "u1", "u2", "u3"], "customers.csv")
 
 
+@pytest.mark.slow
 def test_train_evaluate_recommend_from_the_cli(tmp_path):
     """The same verbs as the other families: train a tiny tower config, evaluate its checkpoint on the test
     users, write top-k recommendations; the checkpoint alone rebuilds the model."""
