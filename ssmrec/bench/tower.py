@@ -129,7 +129,7 @@ def write_results(out: Path, env: str, args, records: list[dict], models) -> dic
         if m not in agg:
             continue
         a = agg[m]
-        rows.append([f"{LABEL[m]} (ours, {a['seeds']} seeds)"] + [_pm(a.get(k), digits) for k in METRICS]
+        rows.append([f"{LABEL[m]} (ours, {a['seeds']} seed{'s' if a['seeds'] != 1 else ''})"] + [_pm(a.get(k), digits) for k in METRICS]
                     + [_pm(a.get("map@12"), 4)])
         paper = PAPER.get(env, {}).get(m)
         if paper:
@@ -141,7 +141,7 @@ def write_results(out: Path, env: str, args, records: list[dict], models) -> dic
             for m in models if m in agg]
     info = records[0]["info"] if records else {}
     md = [f"# ssmrec bench tower — {env}", "",
-          f"{len(set(r['seed'] for r in records))} seeds ({', '.join(str(s) for s in sorted(set(r['seed'] for r in records)))}), "
+          f"Seeds: {', '.join(str(s) for s in sorted(set(r['seed'] for r in records)))}; "
           f"steps per run: {records[0]['steps'] if records else 'n/a'}; environment facts (seed {records[0]['seed'] if records else '-'}): "
           + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()), "",
           "Test metrics over held-out users ranked against every item (mean ± std over seeds); "
