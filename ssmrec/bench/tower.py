@@ -78,7 +78,7 @@ def run_seed(env: str, seed: int, models, overrides: list[str], out: Path, steps
     task0 = RetrievalTask(first)
     task0.setup()
     data = task0.data  # one environment per seed, shared by both embedders
-    records = []
+    records = baseline_records(data, env, seed)
     for m in models:
         cfg = cfgs[m]
         cfg.name = f"{env}-{m}-seed{seed}"
@@ -98,6 +98,30 @@ def run_seed(env: str, seed: int, models, overrides: list[str], out: Path, steps
     return records
 
 
+BASELINES = ("popularity", "random")
+LABEL.update({"popularity": "popularity (train positives)", "random": "random ranking"})
+
+
+def baseline_records(data, env: str, seed: int) -> list[dict]:
+    """Non-personalised references on the same test users: items ranked by their count of positive
+    training pairs, and a random ranking (seeded)."""
+    import numpy as np
+    import torch
+
+    from ssmrec.tasks.retrieval import ranking_metrics
+
+    rel = data.relevance_matrix()
+    pos = data.train.target > 0
+    counts = torch.from_numpy(np.bincount(data.train.item[pos], minlength=len(data.items)).astype(np.float32))
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for name, scores in (("popularity", counts[None].expand(rel.shape[0], -1)), ("random", torch.rand(rel.shape, generator=g))):
+        m = ranking_metrics(scores, rel, [1, 5, 10])
+        valid = ~torch.isnan(m["map@12"])
+        out.append({"env": env, "seed": seed, "model": name, **{k: float(v[valid].mean()) for k, v in m.items()}})
+    return out
+
+
 def aggregate(records: list[dict], models) -> dict:
     """mean / std over seeds of every metric, min / median of the times, per model."""
     out = {}
@@ -105,14 +129,15 @@ def aggregate(records: list[dict], models) -> dict:
         rs = [r for r in records if r["model"] == m]
         if not rs:
             continue
-        agg = {"seeds": len(rs), "embedder_params": rs[0]["embedder_params"], "params": rs[0]["params"]}
+        agg = {"seeds": len(rs), "embedder_params": rs[0].get("embedder_params"), "params": rs[0].get("params")}
         for k in (*METRICS, "map@12", "valid_mse"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 agg[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
         for k in ("train_s", "rank_ms_per_user"):
             vals = [r[k] for r in rs if r.get(k) is not None]
-            agg[k] = {"min": min(vals), "median": statistics.median(vals)}
+            if vals:
+                agg[k] = {"min": min(vals), "median": statistics.median(vals)}
         out[m] = agg
     return out
 
@@ -135,16 +160,23 @@ def write_results(out: Path, env: str, args, records: list[dict], models) -> dic
         if paper:
             rows.append([f"{LABEL[m]} (paper, 100 seeds)"] + [f"{v:.{digits}f}" for v in paper]
                         + [f"{PAPER_MAP12.get(env, {}).get(m, float('nan')):.4f}" if env in PAPER_MAP12 else "n/a"])
+    for b in BASELINES:
+        base = aggregate([r for r in records if r["model"] == b], [b]).get(b)
+        if base:
+            rows.append([f"{LABEL[b]} (ours)"] + [_pm(base.get(k), digits) for k in METRICS] + [_pm(base.get("map@12"), 4)])
     cost = [[LABEL[m], agg[m]["embedder_params"], PAPER_PARAMS[m], agg[m]["params"],
              f"{agg[m]['train_s']['min']:.1f} / {agg[m]['train_s']['median']:.1f}",
              f"{agg[m]['rank_ms_per_user']['min']:.3f} / {agg[m]['rank_ms_per_user']['median']:.3f}"]
             for m in models if m in agg]
-    info = records[0]["info"] if records else {}
+    info = next((r["info"] for r in records if "info" in r), {})
     md = [f"# ssmrec bench tower — {env}", "",
           f"Seeds: {', '.join(str(s) for s in sorted(set(r['seed'] for r in records)))}; "
-          f"steps per run: {records[0]['steps'] if records else 'n/a'}; environment facts (seed {records[0]['seed'] if records else '-'}): "
+          f"steps per run: {next((r['steps'] for r in records if 'steps' in r), 'n/a')}; environment facts (seed "
+          f"{records[0]['seed'] if records else '-'}): "
           + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()), "",
-          "Test metrics over held-out users ranked against every item (mean ± std over seeds); "
+          "Test metrics over held-out users ranked against every item (mean ± std over seeds), with two "
+          "non-personalised references on the same users: items by their count of positive training pairs, "
+          "and a random ranking; "
           + ("the paper's Table II (k = 25, 25 messages) beside ours." if env == "vaccine" else
              "the paper's Table I beside ours."), "",
           markdown_table(["embedder", *(k.upper() for k in METRICS), "MAP@12"], rows), "",
@@ -153,6 +185,7 @@ def write_results(out: Path, env: str, args, records: list[dict], models) -> dic
           markdown_table(["embedder", "embedder params", "paper", "all params (2 towers + tokenizers + heads)",
                           "train s", "rank ms / user"], cost), "",
           f"Machine: {machine_info()}"]
+    agg.update({b: a for b, a in aggregate(records, BASELINES).items()})
     result = {"env": env, "args": {k: v for k, v in vars(args).items() if k != "func"}, "records": records,
               "aggregate": agg, "paper": PAPER.get(env), "machine": machine_info()}
     write_json_atomic(out / "results.json", result)

@@ -25,6 +25,8 @@ def test_bench_tower_spotify_two_seeds(tmp_path):
     assert agg["ft_mamba"]["seeds"] == 2 and 0 <= agg["ft_mamba"]["hr@10"]["mean"] <= 1
     md = (out / "results.md").read_text()
     assert "FT-Mamba (paper, 100 seeds) | 0.952" in md and "± " in md
+    assert "popularity (train positives) (ours)" in md and "random ranking (ours)" in md
+    assert 0 <= agg["popularity"]["hr@10"]["mean"] <= 1 and agg["random"]["seeds"] == 2
     assert (out / "results.png").stat().st_size > 1000
 
 
