@@ -64,7 +64,7 @@ class FaissIndex:
             rng = np.random.default_rng(seed)
             train = x[rng.choice(n, min(n, 256 * nlist), replace=False)]
             index.train(train)
-            index.nprobe = min(16, nlist)
+            index.nprobe = min(64, nlist)
         index.add(x)
         self.index, self.n = index, n
 
@@ -105,7 +105,7 @@ def build_index(vectors, kind: str = "auto"):
             warnings.warn(f"ssmrec: {n:,} items and no faiss: exact search (pip install 'ssmrec[ann]' for an "
                           f"approximate index)", RuntimeWarning, stacklevel=2)
             return ExactIndex(vectors)
-        kind = "hnsw"
+        kind = "ivf"
     return ExactIndex(vectors) if kind == "exact" else FaissIndex(vectors, kind)
 
 

@@ -44,7 +44,7 @@ class RetrievalDataConfig(BaseModel):
     n_test_users: PosInt = 100  # held-out users ranked against every item (the paper: 100)
     loss: Literal["mse", "bce"] = "mse"
     ks: list[PosInt] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
-    # top-k for recommend: exact, or an approximate faiss index (ssmrec.index; auto: faiss past 100k items)
+    # top-k for recommend: exact, or an approximate faiss index (ssmrec.index; auto: faiss IVF past 100k items)
     index: Literal[INDEX_KINDS] = "auto"  # type: ignore[valid-type]
     unseen: Literal["reserve", "error"] = "reserve"  # a category value not seen in training
     nan: Literal["error", "mean"] = "error"  # a NaN numeric value

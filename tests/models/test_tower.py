@@ -171,7 +171,7 @@ def test_index_recall_and_auto_switch():
     np.testing.assert_array_equal(i, expect)
     assert recall_at_k(i, expect) == 1.0 and recall_at_k(i[:, ::-1], expect) == 1.0
     assert recall_at_k(np.zeros_like(i) + 499, expect) <= 0.2
-    assert build_index(items, "auto").kind == "exact"  # small catalogue
+    assert build_index(items, "auto").kind == "exact"  # small catalogue (IVF only past 100k items)
     pytest.importorskip("faiss")
     approx = build_index(items, "hnsw")
     assert recall_at_k(approx.search(queries, 5)[1], expect) > 0.9
