@@ -356,7 +356,7 @@ def cmd_scaling(args, out: Path) -> int:
                     [r[key]["median"] if isinstance(r[key], dict) else r[key] for r in rs], "o-", label=LABEL[m])
         ax.set_xscale("log", base=2), ax.set_yscale("log")
         ax.set_xlabel("features (tokens - 1)"), ax.set_title(title), ax.legend(fontsize=8)
-    fig.suptitle("FT-Mamba vs FT-Transformer: cost against the number of features")
+    fig.suptitle("FT-Mamba vs FT-Transformer: cost against the number of features", y=1.04)
     save_figure_atomic(fig, out / "scaling.png")
     print((out / "scaling.md").read_text())
     return 0
