@@ -63,7 +63,7 @@ CONFIG_CASES = [
     (["model=dmf", "model_params={alpha: 2.0}"], "'model_params.alpha' must be <= 1"),
     (["model=qin", "model_params={attention_norm: sparsemax}"], "attention_norm must be one of 'relu' or 'softmax'"),
     (["model=gpt"], "unknown model 'gpt' for task 'ctr' (choose from din, dmf, mambactr, qin, transformer_dcn)"),
-    (["task=vision"], "task must be one of 'ctr' or 'next_item', got 'vision'"),
+    (["task=vision"], "task must be one of 'ctr', 'next_item' or 'retrieval', got 'vision'"),
     (["name=../escape"], "'name' must use only letters, digits"),
     (["name=[a]"], "'name' must be a string"),
     (["out_dir=[1,2]"], "'out_dir' must be a string"),
