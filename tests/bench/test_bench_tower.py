@@ -18,8 +18,8 @@ def test_bench_tower_spotify_two_seeds(tmp_path):
                 "--set", f"data.source={SPOTIFY}", "--set", "data.n_pairs=2000")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
-    assert {(x["model"], x["seed"]) for x in res["records"]} == {(m, s) for m in ("ft_mamba", "ft_transformer")
-                                                                 for s in (0, 1)}
+    assert {(x["model"], x["seed"]) for x in res["records"]} == {(m, s) for m in ("ft_mamba", "ft_transformer",
+                                                                              "popularity", "random") for s in (0, 1)}
     agg = res["aggregate"]
     assert agg["ft_mamba"]["embedder_params"] == 479_232 and agg["ft_transformer"]["embedder_params"] == 1_186_048
     assert agg["ft_mamba"]["seeds"] == 2 and 0 <= agg["ft_mamba"]["hr@10"]["mean"] <= 1
