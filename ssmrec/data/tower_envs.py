@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssmrec.data.tabular import FeatureTable, Pairs, TowerData, csr_from_mask, encode_table
+from ssmrec.data.tabular import Pairs, TowerData, csr_from_mask, encode_table
 from ssmrec.errors import DataError, SsmrecError
 
 SPOTIFY_ATTRIBUTES = ["Acoustic", "Dance", "Energy", "Instruments", "Liveness", "Loudness", "Mode", "Speech",
@@ -274,8 +274,8 @@ def hm_env(cfg) -> TowerData:
     in_top = np.isin(t_art, top)
     # users
     c_ids = np.asarray(cu["customer_id"].to_numpy(zero_copy_only=False)).astype(str)
-    if len(np.unique(c_ids)) != len(c_ids):
-        _, first = np.unique(c_ids, return_index=True)
+    _, first = np.unique(c_ids, return_index=True)
+    if len(first) != len(c_ids):
         row = int(np.setdiff1d(np.arange(len(c_ids)), first)[0])
         raise DataError(cu_path, f"duplicate customer_id {str(c_ids[row])!r}", column="customer_id", row=row)
     known = np.isin(t_user, c_ids)
@@ -366,5 +366,4 @@ def wide_env(cfg) -> TowerData:
                      _subset(pairs, np.arange(cfg.n_valid)), test_users, off, cols, {"n_features": cfg.n_features})
 
 
-__all__ = ["make_env", "spotify_env", "vaccine_env", "hm_env", "wide_env", "spotify_matrices", "vaccine_messages",
-           "FeatureTable"]
+__all__ = ["make_env", "spotify_env", "vaccine_env", "hm_env", "wide_env", "spotify_matrices", "vaccine_messages"]
