@@ -146,9 +146,11 @@ class AttentionalGRU(nn.Module):
         self.hidden_rg = nn.Linear(d_hidden, 2 * d_hidden, bias=False)
         self.hidden_c = nn.Linear(d_hidden, d_hidden, bias=False)
 
-    def forward(self, x, att, u0=None):
-        """x: (B, T, d_in); att: (B, T) update weights. Returns all states (B, T, d_hidden)."""
-        xr, xg, xc = self.in_proj(x).chunk(3, dim=-1)
+    def forward(self, x, att, u0=None, x_proj=None):
+        """x: (B, T, d_in); att: (B, T) update weights. Returns all states (B, T, d_hidden).
+        ``x_proj``: ``in_proj(x)`` when already computed (it may broadcast over B: many candidates
+        sharing one history compute it once)."""
+        xr, xg, xc = (self.in_proj(x) if x_proj is None else x_proj.expand(x.shape[0], -1, -1)).chunk(3, dim=-1)
         u = x.new_zeros(x.shape[0], self.d_hidden) if u0 is None else u0
         outs = []
         for xr_t, xg_t, xc_t, a_t in zip(xr.unbind(1), xg.unbind(1), xc.unbind(1), att.unbind(1)):

@@ -69,7 +69,7 @@ def test_padding_noop_makes_outputs_independent_of_padding_length(tiny_data):
         with torch.no_grad():
             # FuxiCTR init zeroes the conv bias, which makes zero padding inert at step 0; a trained
             # model has a non-zero bias, through which the reference lets padding move the state.
-            model.encoder.layers[0].conv1d.bias.normal_()
+            model.encoder.layers[0].mamba.conv1d.bias.normal_()
             equal = torch.allclose(model(b1)["logit"], model(b2)["logit"], atol=1e-5)
         assert equal is same
 

@@ -30,6 +30,7 @@ from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import (AttentionalGRU, QuadraticNet, ResidualGELUHead, fuxictr_init, masked_max,
                               masked_softmax)
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
+from ssmrec.nn.recurrent import MambaLayer, RecurrentStack
 from ssmrec.params import Bool, NonNegFloat, PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -98,7 +99,9 @@ _CODE_DEFAULTS = {"stage1": "mamba2", "stage1_prenorm_residual": False, "stage2"
 
 
 class SequenceEncoder(nn.Module):
-    """Stage I: a stack of Mamba-1 / Mamba-2 blocks or Transformer encoder layers, mask-aware."""
+    """Stage I: a :class:`RecurrentStack` of Mamba-1 / Mamba-2 layers (plain, or pre-LN residual) or
+    Transformer encoder layers, mask-aware. The Mamba stack also serves one event at a time
+    (``stack.step``, :mod:`ssmrec.serve.scorers`)."""
 
     def __init__(self, cfg: MambaCTRConfig, d_model: int):
         super().__init__()
@@ -107,26 +110,44 @@ class SequenceEncoder(nn.Module):
             self.layers = MaskedTransformerEncoder(d_model, cfg.transformer_heads, cfg.transformer_ffn,
                                                    cfg.transformer_dropout, cfg.stage1_layers,
                                                    cfg.inverted_padding_mask)
-            self.norms = None
         else:
             block = Mamba2 if cfg.stage1 == "mamba2" else Mamba
             kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_impl=cfg.scan_impl)
             if cfg.stage1 == "mamba2":
                 kw["headdim"] = cfg.headdim
-            self.layers = nn.ModuleList(block(d_model, **kw) for _ in range(cfg.stage1_layers))
-            self.norms = nn.ModuleList(
-                nn.LayerNorm(d_model) if cfg.stage1_prenorm_residual else nn.Identity() for _ in self.layers)
+            pre = cfg.stage1_prenorm_residual
+            self.layers = RecurrentStack(
+                MambaLayer(block(d_model, **kw), "pre" if pre else "plain", nn.LayerNorm(d_model) if pre else None)
+                for _ in range(cfg.stage1_layers))
+        self._register_load_state_dict_pre_hook(_upgrade_stage1_keys)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.cfg.stage1 != "transformer"
+
+    def ssm_mask(self, mask):
+        return mask if self.cfg.padding_noop else None
 
     def forward(self, x, mask):
-        if self.cfg.stage1 == "transformer":
+        if not self.recurrent:
             return self.layers(x, mask)
-        ssm_mask = mask if self.cfg.padding_noop else None
-        for block, norm in zip(self.layers, self.norms):
-            if self.cfg.stage1_prenorm_residual:
-                x = x + block(norm(x), mask=ssm_mask)
-            else:
-                x = block(x, mask=ssm_mask)
-        return x
+        return self.layers(x, self.ssm_mask(mask))
+
+
+def _upgrade_stage1_keys(state_dict, prefix, *args):
+    """Checkpoints written before Stage I became a RecurrentStack stored ``layers.{i}.<block>`` and
+    ``norms.{i}``; rename them to ``layers.{i}.mamba.<block>`` / ``layers.{i}.norm``. The old layout is
+    recognised by Mamba block keys directly under ``layers.{i}``."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    old = any(k[len(prefix):].split(".")[2:3] == ["in_proj"] for k in keys if k[len(prefix):].startswith("layers."))
+    if not old:
+        return
+    for key in keys:
+        parts = key[len(prefix):].split(".")
+        if parts[0] == "norms":
+            state_dict[f"{prefix}layers.{parts[1]}.norm.{'.'.join(parts[2:])}"] = state_dict.pop(key)
+        elif parts[0] == "layers":
+            state_dict[f"{prefix}layers.{parts[1]}.mamba.{'.'.join(parts[2:])}"] = state_dict.pop(key)
 
 
 @register("ctr", "mambactr", MambaCTRConfig)
@@ -159,22 +180,28 @@ class MambaCTR(nn.Module):
             mask = mask.clone()
             mask[mask.all(dim=1), -1] = False
         h = h * mask.unsqueeze(-1).to(h.dtype)
-
         if cfg.stage2 == "augru":
             hk, mk, ek = h[:, -cfg.window:], mask[:, -cfg.window:], history[:, -cfg.window:]
-            att = masked_softmax(torch.einsum("bld,bd->bl", hk, self.query(target)), mk)
-            u = self.gru(hk, att)
-        else:  # paper: cosine-weighted inputs to a plain GRU over the whole history
+        else:  # the paper's cosine-weighted GRU reads the whole history
             hk, mk, ek = h, mask, history
-            cos = F.cosine_similarity(hk, target.unsqueeze(1), dim=-1)
-            u = self.gru(hk * cos.unsqueeze(-1), mk.to(h.dtype))
-        interest = torch.cat([u[:, -1], self.pool_proj(masked_max(u, mk, dim=1, fill=0.0))], dim=-1)
-
-        z = self.head(torch.cat([side, target, interest], dim=-1))
-        out = {"logit": self.out(z).squeeze(-1)}
+        out = {"logit": self.score_window(hk, mk, target, side)}
         if self.training and cfg.aux_loss_weight > 0:
             out["aux_loss"] = cfg.aux_loss_weight * self.next_item_loss(hk, ek, mk)
         return out
+
+    def score_window(self, hk, mk, target, side, gru_x=None):
+        """Stage II + head: logits (R,) from Stage-I outputs ``hk (R, K, D)`` (zero where ``mk`` (R, K) is
+        False), the target vectors ``(R, D)`` and side features ``(R, 2d)``. ``gru_x`` is the GRU's input
+        projection of ``hk`` when the caller computed it once for many candidates (serving)."""
+        if self.cfg.stage2 == "augru":
+            att = masked_softmax(torch.einsum("bld,bd->bl", hk, self.query(target)), mk)
+            u = self.gru(hk, att, x_proj=gru_x)
+        else:  # paper: cosine-weighted inputs to a plain GRU
+            cos = F.cosine_similarity(hk, target.unsqueeze(1), dim=-1)
+            u = self.gru(hk * cos.unsqueeze(-1), mk.to(hk.dtype))
+        interest = torch.cat([u[:, -1], self.pool_proj(masked_max(u, mk, dim=1, fill=0.0))], dim=-1)
+        z = self.head(torch.cat([side, target, interest], dim=-1))
+        return self.out(z).squeeze(-1)
 
     @staticmethod
     def next_item_loss(h, e, mask):

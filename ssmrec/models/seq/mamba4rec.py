@@ -20,6 +20,7 @@ import torch.nn as nn
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.layers import PositionwiseFeedForward, recbole_init
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
+from ssmrec.nn.recurrent import MambaLayer, RecurrentStack
 from ssmrec.params import Bool, PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -50,25 +51,15 @@ class Mamba4RecConfig:
                              f"{self.expand * self.hidden_size}")
 
 
-class Mamba4RecLayer(nn.Module):
-    def __init__(self, cfg: Mamba4RecConfig, residual: bool):
-        super().__init__()
-        d = cfg.hidden_size
-        kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_impl=cfg.scan_impl)
-        self.mamba = Mamba2(d, headdim=cfg.headdim, **kw) if cfg.block == "mamba2" else Mamba(d, **kw)
-        self.block_only = cfg.block_only
-        self.residual = residual
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm else nn.Identity()
-        self.ffn = (PositionwiseFeedForward(d, 4 * d, cfg.dropout, "gelu", cfg.layer_norm, LN_EPS)
-                    if cfg.ffn and not cfg.block_only else None)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        m = self.mamba(h)
-        if self.block_only:
-            return m
-        h = self.norm(self.dropout(m) + h) if self.residual else self.norm(self.dropout(m))
-        return self.ffn(h) if self.ffn is not None else h
+def mamba4rec_layer(cfg: Mamba4RecConfig, residual: bool) -> MambaLayer:
+    """Mamba block -> dropout -> LayerNorm (residual only when stacked) -> FFN; "block only": the block."""
+    d = cfg.hidden_size
+    kw = dict(d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, scan_impl=cfg.scan_impl)
+    block = Mamba2(d, headdim=cfg.headdim, **kw) if cfg.block == "mamba2" else Mamba(d, **kw)
+    norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm else nn.Identity()
+    ffn = (PositionwiseFeedForward(d, 4 * d, cfg.dropout, "gelu", cfg.layer_norm, LN_EPS)
+           if cfg.ffn and not cfg.block_only else None)
+    return MambaLayer(block, "plain" if cfg.block_only else "post", norm, residual, cfg.dropout, ffn)
 
 
 @register("next_item", "mamba4rec", Mamba4RecConfig)
@@ -80,17 +71,17 @@ class Mamba4Rec(SeqRecModel):
         self.position_table = nn.Embedding(cfg.max_len, d) if cfg.position_embedding else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm and not cfg.block_only else nn.Identity()
-        self.layers = nn.ModuleList(Mamba4RecLayer(cfg, residual=cfg.num_layers > 1) for _ in range(cfg.num_layers))
+        self.layers = RecurrentStack(mamba4rec_layer(cfg, residual=cfg.num_layers > 1) for _ in range(cfg.num_layers))
         if cfg.init == "recbole":
             recbole_init(self)
 
-    def encode(self, batch) -> torch.Tensor:
-        h = self.item_vectors(batch.item_seq)
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Layer input of items ``ids`` at 0-based ``positions`` (same shape, or broadcastable)."""
+        h = self.item_vectors(ids)
         if self.position_table is not None:
-            pos = torch.arange(h.shape[1], device=h.device).clamp_max(self.cfg.max_len - 1)
-            h = h + self.position_table(pos)
-        if not self.cfg.block_only:
-            h = self.norm(self.dropout(h))
-        for layer in self.layers:
-            h = layer(h)
-        return h
+            h = h + self.position_table(positions.clamp_max(self.cfg.max_len - 1))
+        return h if self.cfg.block_only else self.norm(self.dropout(h))
+
+    def encode(self, batch) -> torch.Tensor:
+        return self.layers(self.embed(batch.item_seq, torch.arange(batch.item_seq.shape[1],
+                                                                   device=batch.item_seq.device)))

@@ -1,0 +1,93 @@
+"""Recurrent Mamba stacks for training and for serving, written once.
+
+``MambaLayer`` is one Mamba / Mamba-2 block with its wiring, parameterised:
+
+* ``wiring="plain"``: ``y = block(h)`` (MambaCTR's reference code; Mamba4Rec's "block only" ablation);
+* ``wiring="pre"``: ``y = h + block(LN(h))`` (the MambaCTR paper's stacking);
+* ``wiring="post"``: ``y = LN(Dropout(block(h)) [+ h])`` then an optional position-wise FFN (Mamba4Rec §3).
+
+``RecurrentStack`` is a ``ModuleList`` of such layers that threads one state per layer through the
+stack, the way ``mamba_ssm`` threads its inference cache: ``forward`` (a whole sequence, training),
+``prefill`` (a whole sequence -> outputs and the state after its last real step), ``step`` (one event
+per row -> output and the new state, O(1) in the history length) and ``allocate_state``. Every
+wiring is position-wise around the block, so ``step`` over a sequence equals ``forward`` on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+LayerState = tuple[Tensor, Tensor]  # (conv state, ssm state) of one block
+
+
+class MambaLayer(nn.Module):
+    def __init__(self, block: nn.Module, wiring: Literal["plain", "pre", "post"] = "plain",
+                 norm: nn.Module | None = None, residual: bool = False, dropout: float = 0.0,
+                 ffn: nn.Module | None = None):
+        super().__init__()
+        if wiring not in ("plain", "pre", "post"):
+            raise ValueError(f"wiring must be plain, pre or post, got {wiring!r}")
+        # Attribute names and registration order keep the state-dict layout (and init RNG order)
+        # of the layers this class replaced.
+        self.mamba = block
+        self.dropout = nn.Dropout(dropout)
+        self.norm = norm if norm is not None else nn.Identity()
+        self.ffn = ffn
+        self.wiring, self.residual = wiring, residual
+
+    def _block_input(self, h: Tensor) -> Tensor:
+        return self.norm(h) if self.wiring == "pre" else h
+
+    def _after(self, h: Tensor, m: Tensor) -> Tensor:
+        if self.wiring == "plain":
+            return m
+        if self.wiring == "pre":
+            return h + m
+        h = self.norm(self.dropout(m) + h) if self.residual else self.norm(self.dropout(m))
+        return self.ffn(h) if self.ffn is not None else h
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self._after(h, self.mamba(self._block_input(h), mask=mask))
+
+    def prefill(self, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, LayerState]:
+        m, state = self.mamba.forward_with_state(self._block_input(h), mask=mask)
+        return self._after(h, m), state
+
+    def step(self, x_t: Tensor, state: LayerState, mask_t: Tensor | None = None) -> tuple[Tensor, LayerState]:
+        m, state = self.mamba.step(self._block_input(x_t), state, mask_t)
+        return self._after(x_t, m), state
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> LayerState:
+        return self.mamba.allocate_state(batch_size, device, dtype)
+
+
+class RecurrentStack(nn.ModuleList):
+    """Layers applied in order; states are lists with one ``(conv, ssm)`` pair per layer."""
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        for layer in self:
+            h = layer(h, mask)
+        return h
+
+    def prefill(self, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, list[LayerState]]:
+        states = []
+        for layer in self:
+            h, s = layer.prefill(h, mask)
+            states.append(s)
+        return h, states
+
+    def step(self, x_t: Tensor, states: list[LayerState], mask_t: Tensor | None = None
+             ) -> tuple[Tensor, list[LayerState]]:
+        """One event per row ``(B, d)``; rows with ``mask_t`` False keep their state (output undefined)."""
+        new = []
+        for layer, s in zip(self, states):
+            x_t, s = layer.step(x_t, s, mask_t)
+            new.append(s)
+        return x_t, new
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> list[LayerState]:
+        return [layer.allocate_state(batch_size, device, dtype) for layer in self]
