@@ -198,6 +198,49 @@ def _cmd_recommend(args) -> int:
     return 0
 
 
+def parse_bytes(text: str, flag: str) -> int:
+    """``512M``, ``2G``, ``1048576`` -> bytes; one-line error otherwise."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SsmrecError(f"{flag} must be a positive size such as 512M or 2G, got {text!r}")
+    return value
+
+
+def _cmd_serve(args) -> int:
+    """Serve a CTR or next-item checkpoint over HTTP with per-user incremental state (ssmrec.serve)."""
+    for flag, value, low in (("--port", args.port, 0), ("--threads", args.threads, 1), ("--max-batch", args.max_batch, 1),
+                             ("--max-candidates", args.max_candidates, 1)):
+        if value < low:
+            raise SsmrecError(f"{flag} must be >= {low}, got {value}")
+    if args.port > 65535:
+        raise SsmrecError(f"--port must be <= 65535, got {args.port}")
+    if not args.persist_interval > 0:
+        raise SsmrecError(f"--persist-interval must be a positive number of seconds, got {args.persist_interval}")
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise SsmrecError(f"ssmrec serve needs the serve extra ({e.name} is missing): pip install 'ssmrec[serve]'") from None
+    from ssmrec.serve.app import ServeConfig, serve
+
+    if args.state_file:
+        from ssmrec.io import check_output_file
+
+        check_output_file(args.state_file, "state cache")
+    return serve(ServeConfig(checkpoint=args.checkpoint, host=args.host, port=args.port, mode=args.mode,
+                             state_file=args.state_file, persist_interval=args.persist_interval,
+                             cache_bytes=parse_bytes(args.cache_bytes, "--cache-bytes"), max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms, threads=args.threads,
+                             max_candidates=args.max_candidates))
+
+
 def _cmd_demo(args) -> int:
     from pathlib import Path
 
@@ -291,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", required=True, help="FILE.csv or FILE.parquet: user_id, rank, item_id, score")
     rec.add_argument("--exclude-seen", action="store_true", help="never recommend an item the user already has")
     rec.set_defaults(func=_cmd_recommend)
+
+    srv = sub.add_parser("serve", help="HTTP service for a CTR / next-item checkpoint: /score /recommend /events "
+                         "/health /metrics, per-user state updated in O(1) per event")
+    srv.add_argument("--checkpoint", required=True)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--mode", default="auto", choices=["auto", "recompute", "kv"],
+                     help="auto: the model's incremental state; recompute: keep histories, run forward per "
+                          "request (the baseline); kv: SASRec's key/value cache (auto's choice for SASRec)")
+    srv.add_argument("--state-file", help="where the user-state cache is persisted (default CHECKPOINT.states.pt)")
+    srv.add_argument("--persist-interval", type=float, default=5.0,
+                     help="seconds between snapshots of a changed cache (a kill loses at most this much)")
+    srv.add_argument("--cache-bytes", default="1G", help="state cache budget, LRU beyond it (e.g. 512M, 4G)")
+    srv.add_argument("--max-batch", type=int, default=64, help="requests per batched model call")
+    srv.add_argument("--max-wait-ms", type=float, default=0.5,
+                     help="how long the inference thread waits for more requests once one arrived")
+    srv.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the inference thread")
+    srv.add_argument("--max-candidates", type=int, default=2000, help="candidates per request, 413 beyond")
+    srv.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
     demo.add_argument("--preset", default="default", choices=["tiny", "default"])

@@ -78,6 +78,23 @@ def popularity_auc(data: MMCTRData, split: str = "valid") -> float:
     return auc_score(ev.label.numpy(), rate[ev.item_id].numpy())
 
 
+def item_levels(data: MMCTRData) -> dict[str, torch.Tensor]:
+    """Each item's likes / views level in its last training row (0 for items never shown), which
+    ``ssmrec serve`` uses for candidates whose levels a request does not give."""
+    tr = data.splits.get("train")
+    if tr is None:
+        return {}
+    n = data.item_info.n_items
+    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, tr.item_id, torch.arange(len(tr)), "amax")
+    seen = last >= 0
+    out = {}
+    for name, col in (("item_likes_level", tr.likes_level), ("item_views_level", tr.views_level)):
+        lv = torch.zeros(n, dtype=torch.long)
+        lv[seen] = col[last[seen]]
+        out[name] = lv
+    return out
+
+
 def data_feature_map(data: MMCTRData) -> dict:
     info = data.item_info
     return {"n_items": int(info.n_items), "n_tags": int(info.n_tags), "max_len": int(data.max_len),
@@ -117,7 +134,7 @@ class CTRTask(Task):
 
     def artifacts(self) -> dict[str, torch.Tensor]:
         info = self.data.item_info
-        return {"item_tags": info.tags.clone(), "item_emb": info.emb.clone()}
+        return {"item_tags": info.tags.clone(), "item_emb": info.emb.clone(), **item_levels(self.data)}
 
     def check_feature_map(self, fm: dict, source) -> None:
         check_feature_map(fm, self.data, source)

@@ -272,8 +272,11 @@ class NextItemTask(Task):
         self._mask_ratio = float(self.cfg.model_params.get("mask_ratio", 0.2))
 
     def feature_map(self) -> dict:
-        return {"n_items": self.data.n_items, "n_users": self.data.n_users, "max_len": self.cfg.data.max_len,
-                "dataset": self.data.name}
+        fm = {"n_items": self.data.n_items, "n_users": self.data.n_users, "max_len": self.cfg.data.max_len,
+              "dataset": self.data.name}
+        if self.data.item_raw is not None:  # the dataset's own item ids by index: what `ssmrec serve` speaks
+            fm["item_raw"] = [str(x) for x in self.data.item_raw.tolist()]
+        return fm
 
     def artifacts(self) -> dict:
         return {} if self._features is None else {"item_features": self._features}

@@ -1,0 +1,341 @@
+"""``ssmrec serve``: the HTTP service (FastAPI + uvicorn) around the engine.
+
+Endpoints (OpenAPI schema at ``/docs`` and ``/openapi.json``):
+
+* ``POST /events`` ``{"user", "items": [...]}``: append events, update the cached state; answers the
+  user's event count once applied;
+* ``POST /score`` ``{"user" | "history", "candidates", ["likes_level", "views_level"]}``: probabilities
+  (CTR: click; next-item: softmax over the catalogue), in candidate order;
+* ``POST /recommend`` ``{"user" | "history", "k", "exclude_seen", ["candidates"]}``: top-k (next-item:
+  the whole catalogue unless candidates are given; CTR: the candidates);
+* ``GET /users/{user}``, ``GET /health``, ``GET /metrics`` (Prometheus text).
+
+Item ids are the model's ids (MM-CTR ``item_id``; next-item: the dataset's raw ids when the checkpoint
+carries its vocabulary, else internal indices). Every bad request is a 4xx with ``{"error": one line}``;
+nothing a client sends can stop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from ssmrec.errors import SsmrecError, one_line
+from ssmrec.serve.cache import Persister, StateCache
+from ssmrec.serve.engine import Engine, Events, Inspect, Recommend, Score, UnknownUser
+from ssmrec.serve.scorers import build_scorer
+
+ItemId = StrictInt | StrictStr
+UserId = StrictStr | StrictInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventsRequest(_Strict):
+    user: UserId
+    items: list[ItemId] = Field(min_length=1)
+
+
+class ScoreRequest(_Strict):
+    user: UserId | None = None
+    history: list[ItemId] | None = None
+    candidates: list[ItemId] = Field(min_length=1)
+    likes_level: list[StrictInt] | None = None
+    views_level: list[StrictInt] | None = None
+
+
+class RecommendRequest(_Strict):
+    user: UserId | None = None
+    history: list[ItemId] | None = None
+    k: StrictInt = Field(10, ge=1)
+    exclude_seen: StrictBool = False
+    candidates: list[ItemId] | None = Field(None, min_length=1)
+    likes_level: list[StrictInt] | None = None
+    views_level: list[StrictInt] | None = None
+
+
+@dataclass
+class ServeConfig:
+    checkpoint: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    mode: str = "auto"  # scorer: auto | recompute | kv
+    state_file: str | None = None  # default: <checkpoint>.states.pt
+    persist_interval: float = 5.0
+    cache_bytes: int = 1 << 30
+    max_batch: int = 64
+    max_wait_ms: float = 0.5
+    threads: int = 2
+    max_candidates: int = 2000
+    max_events: int = 1000  # per /events request
+    max_history: int = 5000  # explicit history per request
+    max_k: int = 1000
+    max_body_bytes: int = 1 << 20
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Service:
+    """Everything the HTTP layer needs: model, scorer, id mapping, cache, engine, metrics."""
+
+    def __init__(self, cfg: ServeConfig):
+        from ssmrec.train.trainer import load_model
+
+        self.cfg = cfg
+        path = Path(cfg.checkpoint)
+        torch.set_num_threads(max(1, cfg.threads))
+        model, run_cfg, task, ck = load_model(path)
+        self.task_name, self.model_name = run_cfg.task, run_cfg.model
+        if self.task_name not in ("ctr", "next_item"):
+            raise SsmrecError(f"{path}: ssmrec serve serves CTR and next-item checkpoints; this one is "
+                              f"'{self.task_name}' (use ssmrec recommend)")
+        fm = ck["feature_map"]
+        self.n_items = int(fm["n_items"])
+        try:
+            self.scorer = build_scorer(self.task_name, model, cfg.mode, max_len=int(fm.get("max_len", 64)))
+        except ValueError as e:
+            raise SsmrecError(f"{path}: {e}") from None
+        raw = fm.get("item_raw")
+        self.item_raw = [str(x) for x in raw] if raw is not None else None
+        self.item_index = {r: i for i, r in enumerate(self.item_raw)} if self.item_raw else None
+        arts = ck.get("artifacts") or {}
+        self.item_likes, self.item_views = arts.get("item_likes_level"), arts.get("item_views_level")
+        self.cache = StateCache(cfg.cache_bytes, f"{_fingerprint(path)}:{self.scorer.name}")
+        self.state_file = Path(cfg.state_file) if cfg.state_file else path.with_suffix(".states.pt")
+        self.restored = self.cache.restore(self.state_file) if self.state_file.exists() else 0
+        self.persister = Persister(self.cache, self.state_file, cfg.persist_interval)
+        self.metrics = _Metrics(self)
+        self.engine = Engine(self.scorer, self.cache, self.persister, cfg.max_batch, cfg.max_wait_ms,
+                             cfg.threads, on_batch=self.metrics.batch)
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ request -> tensors
+    def items(self, ids, field: str, limit: int) -> torch.Tensor:
+        if len(ids) > limit:
+            raise HTTPError(413, f"{field}: {len(ids)} ids, over the limit of {limit}")
+        if self.item_index is not None:
+            try:
+                out = [self.item_index[str(i)] for i in ids]
+            except KeyError as e:
+                pos = [str(i) for i in ids].index(e.args[0])
+                raise HTTPError(422, f"{field}[{pos}]: unknown item id {ids[pos]!r}") from None
+            bad = [j for j, v in enumerate(out) if v == 0]
+            if bad:
+                raise HTTPError(422, f"{field}[{bad[0]}]: {ids[bad[0]]!r} is the padding id, not an item")
+            return torch.tensor(out, dtype=torch.long)
+        bad = [j for j, v in enumerate(ids) if not isinstance(v, int) or not 0 < v < self.n_items]
+        if bad:
+            j = bad[0]
+            raise HTTPError(422, f"{field}[{j}]: unknown item id {ids[j]!r} (item ids are integers 1..{self.n_items - 1})")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def out_ids(self, ids: torch.Tensor) -> list:
+        return [self.item_raw[i] for i in ids.tolist()] if self.item_raw else ids.tolist()
+
+    def levels(self, req, cands: torch.Tensor):
+        """(likes, views) for CTR candidates: the request's, else the item's level in the training data."""
+        if self.task_name != "ctr":
+            if req.likes_level is not None or req.views_level is not None:
+                raise HTTPError(422, "likes_level / views_level apply to CTR checkpoints only")
+            return None, None
+        out = []
+        for name, given, table in (("likes_level", req.likes_level, self.item_likes),
+                                   ("views_level", req.views_level, self.item_views)):
+            if given is not None:
+                if len(given) != len(cands):
+                    raise HTTPError(422, f"{name}: {len(given)} values for {len(cands)} candidates")
+                bad = [j for j, v in enumerate(given) if not 0 <= v <= 10]
+                if bad:
+                    raise HTTPError(422, f"{name}[{bad[0]}]: {given[bad[0]]} is not a level 0..10")
+                out.append(torch.tensor(given, dtype=torch.long))
+            elif table is not None:
+                out.append(table[cands])
+            else:
+                raise HTTPError(422, f"{name} is required: this checkpoint carries no per-item levels")
+        return out[0], out[1]
+
+    def user_or_history(self, req) -> tuple[str | None, torch.Tensor | None]:
+        if (req.user is None) == (req.history is None):
+            raise HTTPError(422, "pass exactly one of 'user' (a cached state) or 'history' (item ids, oldest first)")
+        if req.history is not None:
+            if self.task_name == "next_item" and not req.history:
+                raise HTTPError(422, "history: a next-item request needs at least one item")
+            return None, self.items(req.history, "history", self.cfg.max_history)
+        return str(req.user), None
+
+    async def run(self, op):
+        return await asyncio.wrap_future(self.engine.submit(op))
+
+
+class _Metrics:
+    def __init__(self, service: Service):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+        self.requests = Counter("ssmrec_requests", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("ssmrec_request_seconds", "request latency", ["endpoint"], buckets=buckets,
+                                 registry=r)
+        self.batch_size = Histogram("ssmrec_batch_requests", "requests per batched model call", ["kind"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.batch_seconds = Histogram("ssmrec_batch_seconds", "time of one batched model call", ["kind"],
+                                       buckets=buckets, registry=r)
+        cache = service.cache
+        for name, doc, fn in (("ssmrec_state_cache_bytes", "bytes held by cached user states", lambda: cache.bytes),
+                              ("ssmrec_state_cache_users", "users in the state cache", lambda: len(cache)),
+                              ("ssmrec_state_cache_hits", "state cache hits", lambda: cache.hits),
+                              ("ssmrec_state_cache_misses", "state cache misses", lambda: cache.misses),
+                              ("ssmrec_state_cache_evictions", "users evicted (LRU)", lambda: cache.evictions),
+                              ("ssmrec_events_applied", "events applied to states",
+                               lambda: service.engine.events_applied)):
+            Gauge(name, doc, registry=r).set_function(fn)
+
+    def batch(self, kind: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(kind).observe(size)
+        self.batch_seconds.labels(kind).observe(seconds)
+
+
+def create_app(service: Service):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.engine.start()
+        try:
+            yield
+        finally:
+            service.engine.stop()
+
+    app = FastAPI(title="ssmrec", version="1", lifespan=lifespan,
+                  description=f"{service.model_name} ({service.task_name}) with per-user incremental state")
+    cfg, metrics = service.cfg, service.metrics
+
+    def error(status: int, message: str):
+        return JSONResponse({"error": one_line(message, 400)}, status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                resp = error(411, "a Content-Length header is required")
+            elif not length.isdigit() or int(length) > cfg.max_body_bytes:
+                resp = error(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")
+            else:
+                resp = None
+        else:
+            resp = None
+        if resp is None:
+            try:
+                resp = await call_next(request)
+            except Exception as e:  # never reached for handled errors; a bug answers 500, serving goes on
+                resp = error(500, f"internal error: {one_line(e, 200)}")
+        metrics.requests.labels(endpoint, str(resp.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        if first.get("type") == "json_invalid":
+            return error(400, f"malformed JSON: {first.get('msg', '')} ({first.get('ctx', {}).get('error', '')})")
+        return error(422, f"{loc}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPError)
+    async def http_error(request, exc: HTTPError):
+        return error(exc.status, exc.message)
+
+    @app.exception_handler(UnknownUser)
+    async def unknown_user(request, exc: UnknownUser):
+        return error(404, str(exc.args[0]))
+
+    @app.exception_handler(ValueError)
+    async def value_error(request, exc: ValueError):
+        return error(422, str(exc))
+
+    @app.post("/events")
+    async def events(req: EventsRequest):
+        items = service.items(req.items, "items", cfg.max_events)
+        return await service.run(Events(str(req.user), items))
+
+    @app.post("/score")
+    async def score(req: ScoreRequest):
+        user, history = service.user_or_history(req)
+        cands = service.items(req.candidates, "candidates", cfg.max_candidates)
+        likes, views = service.levels(req, cands)
+        p = await service.run(Score(user, history, cands, likes, views))
+        return {"user": user, "candidates": service.out_ids(cands), "probabilities": p.tolist()}
+
+    @app.post("/recommend")
+    async def recommend(req: RecommendRequest):
+        user, history = service.user_or_history(req)
+        if req.k > cfg.max_k:
+            raise HTTPError(413, f"k: {req.k} is over the limit of {cfg.max_k}")
+        cands = service.items(req.candidates, "candidates", cfg.max_candidates) if req.candidates else None
+        if cands is None and service.task_name == "ctr":
+            raise HTTPError(422, "a CTR model ranks the candidates it is given: pass 'candidates'")
+        likes, views = service.levels(req, cands) if cands is not None else (None, None)
+        ids, scores = await service.run(Recommend(user, history, req.k, req.exclude_seen, cands, likes, views))
+        return {"user": user, "items": service.out_ids(ids), "scores": scores.tolist()}
+
+    @app.get("/users/{user}")
+    async def user_info(user: str):
+        return await service.run(Inspect(user))
+
+    @app.get("/health")
+    async def health():
+        p = service.persister
+        return {"status": "ok", "task": service.task_name, "model": service.model_name,
+                "scorer": service.scorer.name, "n_items": service.n_items, "users": len(service.cache),
+                "state_cache_bytes": service.cache.bytes, "state_cache_budget": service.cache.byte_budget,
+                "restored_users": service.restored, "state_file": str(service.state_file),
+                "persisted_at": p.saved_at, "persisted_users": p.saved_users, "persist_error": p.last_error,
+                "persist_interval_s": p.interval, "uptime_s": round(time.time() - service.started, 3)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+_ENDPOINTS = {"/events", "/score", "/recommend", "/health", "/metrics"}
+
+
+def serve(cfg: ServeConfig) -> int:
+    """Load, restore, serve until SIGINT / SIGTERM, save the cache. Returns an exit code."""
+    import uvicorn
+
+    service = Service(cfg)
+    print(f"ssmrec serve: {service.model_name} ({service.task_name}, scorer {service.scorer.name}) on "
+          f"http://{cfg.host}:{cfg.port}; {service.restored} user states restored from {service.state_file}",
+          flush=True)
+    uvicorn.run(create_app(service), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    return 0
