@@ -1,0 +1,202 @@
+"""The HTTP service in-process (FastAPI TestClient): answers equal the scorer's, bad input is a 4xx with
+one clear line and never stops the service, the cache is bounded / persisted / restored, concurrent
+requests batched by the engine give the same states as sequential ones."""
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ssmrec.errors import SsmrecError  # noqa: E402
+from ssmrec.serve.app import ServeConfig, Service, create_app  # noqa: E402
+from ssmrec.serve.cache import StateCache  # noqa: E402
+from ssmrec.serve.untrained import write_untrained_checkpoint  # noqa: E402
+
+CTR_SMALL = {"embedding_dim": 16, "headdim": 16}
+SEQ_SMALL = {"hidden_size": 16, "d_state": 8, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def ctr_ckpt(tmp_path_factory):
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("srv") / "ctr.pt", "ctr", "mambactr", CTR_SMALL,
+                                      n_items=300)
+
+
+@pytest.fixture(scope="module")
+def seq_ckpt(tmp_path_factory):
+    raw = ["<pad>"] + [f"B{i:04d}" for i in range(1, 80)]
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("srv") / "seq.pt", "next_item", "mamba4rec",
+                                      SEQ_SMALL, n_items=80, item_raw=raw)
+
+
+def _client(ckpt, tmp_path, **kw):
+    svc = Service(ServeConfig(checkpoint=str(ckpt), state_file=str(tmp_path / "states.pt"), **kw))
+    return svc, TestClient(create_app(svc))
+
+
+def test_ctr_answers_equal_the_scorer_and_cached_equals_explicit_history(ctr_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path)
+    with client as c:
+        assert c.post("/events", json={"user": "u1", "items": [5, 6]}).json() == {"user": "u1", "events": 2}
+        assert c.post("/events", json={"user": "u1", "items": [7]}).json()["events"] == 3
+        cands = [10, 11, 12, 13]
+        cached = c.post("/score", json={"user": "u1", "candidates": cands}).json()
+        explicit = c.post("/score", json={"history": [5, 6, 7], "candidates": cands}).json()
+        ref = svc.scorer.score([svc.scorer.prefill(torch.tensor([5, 6, 7]))], [torch.tensor(cands)],
+                               [svc.item_likes[cands]], [svc.item_views[cands]])[0]
+        assert cached["candidates"] == cands
+        assert cached["probabilities"] == pytest.approx(ref.tolist(), abs=1e-5)
+        assert explicit["probabilities"] == pytest.approx(ref.tolist(), abs=1e-5)
+        # explicit levels are used; the item's training level is the default
+        lv = c.post("/score", json={"user": "u1", "candidates": cands, "likes_level": [9] * 4,
+                                    "views_level": [9] * 4}).json()["probabilities"]
+        assert lv != pytest.approx(cached["probabilities"], abs=1e-6)
+        top = c.post("/recommend", json={"user": "u1", "candidates": cands, "k": 2}).json()
+        order = sorted(range(4), key=lambda i: -cached["probabilities"][i])[:2]
+        assert top["items"] == [cands[i] for i in order]
+        assert c.get("/users/u1").json()["events"] == 3
+        metrics = c.get("/metrics").text
+        assert 'ssmrec_requests_total{endpoint="/score",status="200"} 3.0' in metrics
+        assert "ssmrec_state_cache_bytes" in metrics and "ssmrec_request_seconds_bucket" in metrics
+
+
+BAD = [  # (endpoint, body or raw bytes, status, words in the error)
+    ("/score", {"user": "nobody", "candidates": [1]}, 404, "unknown user 'nobody'"),
+    ("/score", {"user": "u1", "candidates": [1, 300]}, 422, "candidates[1]: unknown item id 300"),
+    ("/score", {"user": "u1", "candidates": [0]}, 422, "candidates[0]: unknown item id 0"),
+    ("/score", {"user": "u1", "candidates": []}, 422, "candidates"),
+    ("/score", {"user": "u1", "candidates": list(range(1, 60))}, 413, "over the limit of 50"),
+    ("/score", b'{"user": "u1", "candidates": [1,', 400, "malformed JSON"),
+    ("/score", {"user": "u1", "candidates": ["1"]}, 422, "candidates[0]: unknown item id '1'"),
+    ("/score", {"user": "u1", "candidates": "1,2"}, 422, "candidates"),
+    ("/score", {"user": 1.5, "candidates": [1]}, 422, "user"),
+    ("/score", {"candidates": [1]}, 422, "exactly one of 'user'"),
+    ("/score", {"user": "u1", "history": [1], "candidates": [1]}, 422, "exactly one of 'user'"),
+    ("/score", {"user": "u1", "candidates": [1], "colour": "red"}, 422, "colour"),
+    ("/score", {"user": "u1", "candidates": [1, 2], "likes_level": [1]}, 422, "likes_level: 1 values for 2"),
+    ("/score", {"user": "u1", "candidates": [1], "likes_level": [11]}, 422, "likes_level[0]: 11 is not a level"),
+    ("/recommend", {"user": "u1", "k": 3}, 422, "pass 'candidates'"),
+    ("/recommend", {"user": "u1", "k": 0, "candidates": [1]}, 422, "k"),
+    ("/recommend", {"user": "u1", "k": 5000, "candidates": [1]}, 413, "k: 5000"),
+    ("/events", {"user": "u1", "items": []}, 422, "items"),
+    ("/events", {"user": "u1", "items": [1, -3]}, 422, "items[1]: unknown item id -3"),
+    ("/events", {"user": "u1"}, 422, "items: Field required"),
+    ("/events", b"[1, 2]", 422, "Input should be a valid dictionary"),
+    ("/events", b"x" * 5000, 413, "over the limit of 4096"),
+]
+
+
+def test_bad_requests_get_one_clear_4xx_line_and_the_service_keeps_serving(ctr_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path, max_candidates=50, max_body_bytes=4096)
+    with client as c:
+        c.post("/events", json={"user": "u1", "items": [3]})
+        for endpoint, body, status, words in BAD:
+            r = (c.post(endpoint, content=body, headers={"content-type": "application/json"})
+                 if isinstance(body, bytes) else c.post(endpoint, json=body))
+            assert r.status_code == status, (endpoint, body, r.text)
+            err = r.json()["error"]
+            assert words in err and "\n" not in err, (endpoint, body, err)
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.get("/users/u1").json()["events"] == 1  # no bad request touched the state
+        assert c.post("/score", json={"user": "u1", "candidates": [1]}).status_code == 200
+
+
+def test_next_item_speaks_raw_ids_and_excludes_seen(seq_ckpt, tmp_path):
+    svc, client = _client(seq_ckpt, tmp_path)
+    with client as c:
+        r = c.post("/recommend", json={"user": "a", "k": 3})
+        assert r.status_code == 404
+        c.post("/events", json={"user": "a", "items": ["B0003", "B0007"]})
+        top = c.post("/recommend", json={"user": "a", "k": 79}).json()
+        assert len(top["items"]) == 79 and top["items"][0].startswith("B")
+        excl = c.post("/recommend", json={"user": "a", "k": 5, "exclude_seen": True}).json()["items"]
+        assert "B0003" not in excl and "B0007" not in excl and len(excl) == 5
+        p = c.post("/score", json={"user": "a", "candidates": top["items"][:3]}).json()["probabilities"]
+        assert p == sorted(p, reverse=True) and 0 < sum(p) < 1
+        assert c.post("/score", json={"user": "a", "candidates": ["nope"]}).status_code == 422
+        assert c.post("/score", json={"user": "a", "candidates": [3]}).status_code == 422  # ints are not raw ids
+        assert c.post("/recommend", json={"history": [], "k": 3}).status_code == 422
+        assert c.post("/score", json={"user": "a", "candidates": ["B0001"], "likes_level": [1]}).status_code == 422
+        same = c.post("/recommend", json={"history": ["B0003", "B0007"], "k": 79}).json()
+        assert same["items"] == top["items"]
+
+
+def test_state_cache_is_lru_within_its_byte_budget_and_restores(tmp_path):
+    one = {"x": torch.zeros(1, 256)}  # 1 KiB + overhead
+    size = 1024 + 512
+    cache = StateCache(3 * size, fingerprint="f")
+    for u in "abc":
+        cache.put(u, one)
+    cache.get("a")  # a is now the most recent
+    cache.put("d", one)
+    assert "b" not in cache and {"a", "c", "d"} <= set(u for u, _ in cache.snapshot()[1])
+    assert cache.bytes == 3 * size and cache.evictions == 1
+    cache.put("d", {"x": torch.ones(1, 256)})  # replacing does not double-count
+    assert cache.bytes == 3 * size
+    cache.save(tmp_path / "s.pt")
+    back = StateCache(10 * size, fingerprint="f")
+    assert back.restore(tmp_path / "s.pt") == 3 and torch.equal(back.peek("d")["x"], torch.ones(1, 256))
+    with pytest.raises(SsmrecError, match="another checkpoint"):
+        StateCache(10 * size, fingerprint="g").restore(tmp_path / "s.pt")
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "s.pt").read_bytes()[:100])
+    with pytest.raises(SsmrecError, match="torn.pt: cannot read the state cache"):
+        back.restore(tmp_path / "torn.pt")
+    with pytest.raises(SsmrecError, match="over the whole cache budget"):
+        StateCache(100).put("a", one)
+
+
+def test_service_persists_on_shutdown_and_restores_on_start(ctr_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path, persist_interval=3600)
+    with client as c:
+        c.post("/events", json={"user": "u1", "items": [5, 6, 7]})
+        before = c.post("/score", json={"user": "u1", "candidates": [1, 2]}).json()["probabilities"]
+    assert (tmp_path / "states.pt").exists()  # written at shutdown, not by the hour-long timer
+    svc2, client2 = _client(ctr_ckpt, tmp_path)
+    assert svc2.restored == 1
+    with client2 as c:
+        assert c.post("/score", json={"user": "u1", "candidates": [1, 2]}).json()["probabilities"] == before
+        assert c.get("/health").json()["restored_users"] == 1
+
+
+def test_concurrent_requests_batched_by_the_engine_equal_sequential_updates(ctr_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path, max_wait_ms=5.0)
+    seqs = {f"u{u}": [1 + (u * 7 + t * 3) % 290 for t in range(12)] for u in range(8)}
+    with client as c:
+        def send(user):
+            for item in seqs[user]:
+                assert c.post("/events", json={"user": user, "items": [item]}).status_code == 200
+        threads = [threading.Thread(target=send, args=(u,)) for u in seqs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        batches = c.get("/metrics").text
+        for user, items in seqs.items():
+            got = c.post("/score", json={"user": user, "candidates": [1, 2, 3]}).json()["probabilities"]
+            ref = c.post("/score", json={"history": items, "candidates": [1, 2, 3]}).json()["probabilities"]
+            assert got == pytest.approx(ref, abs=1e-5)
+    # the engine did batch some events together (8 concurrent senders, 5 ms window)
+    line = [l for l in batches.splitlines() if l.startswith('ssmrec_batch_requests_count{kind="Events"}')][0]
+    assert float(line.split()[-1]) < 96
+
+
+def test_serve_cli_rejects_bad_arguments_in_one_line(ctr_ckpt, tmp_path):
+    from tests.conftest import run_cli
+
+    for args, words in ((["--port", "70000"], "--port must be <= 65535"),
+                        (["--cache-bytes", "lots"], "--cache-bytes must be a positive size"),
+                        (["--persist-interval", "0"], "--persist-interval must be a positive"),
+                        (["--threads", "0"], "--threads must be >= 1")):
+        r = run_cli("serve", "--checkpoint", ctr_ckpt, *args)
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("serve", "--checkpoint", tmp_path / "missing.pt", "--port", "0")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    # a state cache for another checkpoint is refused, not silently replaced
+    other = write_untrained_checkpoint(tmp_path / "other.pt", "ctr", "mambactr", CTR_SMALL, n_items=300, seed=1)
+    StateCache(1 << 20, fingerprint="x").save(tmp_path / "st.pt")
+    r = run_cli("serve", "--checkpoint", other, "--state-file", tmp_path / "st.pt", "--port", "0")
+    assert r.returncode == 2 and "written for another checkpoint" in r.stderr
