@@ -133,3 +133,23 @@ def test_similarity_buckets_and_histogram():
     mask = torch.tensor([True, True, False, True, True, True, False])
     hist = similarity_histogram(cos, mask, 10)
     assert hist.tolist() == [2, 0, 0, 0, 0, 0, 0, 1, 0, 2] and hist.sum() == mask.sum()
+
+
+def test_quadratic_net_eval_folds_its_rows_exactly_and_follows_weight_updates():
+    torch.manual_seed(0)
+    qnn = QuadraticNet(12, num_layers=2, num_row=3, dropout=0.3, batch_norm=False).eval()
+    x = torch.randn(5, 12)
+
+    def unfolded(x):
+        for proj, act in zip(qnn.proj, qnn.act):
+            h = proj(x).view(5, 3, -1).sum(1)
+            x = x + act(x * h)
+        return x
+
+    with torch.inference_mode():
+        torch.testing.assert_close(qnn(x), unfolded(x), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        qnn.proj[0].weight.mul_(2.0)  # the folded weights must notice
+        torch.testing.assert_close(qnn(x), unfolded(x), atol=1e-6, rtol=1e-5)
+    qnn(x).sum().backward()  # eval forward outside inference mode still differentiates
+    assert qnn.proj[0].weight.grad is not None and qnn.proj[0].weight.grad.abs().sum() > 0
