@@ -390,6 +390,25 @@ class SASRecScorer(_NextItemScorer):
         return st
 
     @torch.inference_mode()
+    def prefill(self, history) -> State:
+        """One causal pass over the history; each layer's input gives that layer's keys and values."""
+        history = _ids(history)
+        if self.mode == "recompute" or not len(history):
+            return super().prefill(history)
+        m, L = self.model, len(history)
+        pos = torch.arange(L).clamp_max(m.cfg.max_len - 1)
+        x = m.dropout(m.norm(m.item_vectors(history[None]) + m.position_table(pos)))
+        causal = torch.triu(torch.full((L, L), float("-inf")), diagonal=1)
+        st = {"n": torch.tensor([L]), "seen": history[None].clone()}
+        d = x.shape[-1]
+        for i, layer in enumerate(self.layers):
+            kv = F.linear(x, layer.self_attn.in_proj_weight[d:], layer.self_attn.in_proj_bias[d:])
+            st[f"k{i}"], st[f"v{i}"] = kv[..., :d].clone(), kv[..., d:].clone()
+            x = layer(x, src_mask=causal, is_causal=True)
+        st["h"] = x[:, -1].clone()
+        return st
+
+    @torch.inference_mode()
     def update(self, states, events):
         events = [_ids(e) for e in events]
         if self.mode == "recompute":

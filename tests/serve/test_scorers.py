@@ -131,6 +131,13 @@ def test_next_item_scorer_equals_forward_on_the_full_history(name):
     top = scorer.topk(states, 5)
     for i, (ids, vals) in enumerate(top):
         torch.testing.assert_close(vals, ref[i].topk(5).values, atol=1e-4, rtol=1e-4)
+    pre = [scorer.prefill(h) for h in histories]  # one pass over the history (where the model has one)
+    for i, (c, p) in enumerate(zip(cands, scorer.score(pre, cands))):
+        torch.testing.assert_close(p, torch.softmax(ref[i], -1)[c], atol=1e-5, rtol=1e-4)
+    after = scorer.update(pre, [torch.tensor([4]) for _ in pre])  # and the states go on from there
+    steps = scorer.update(states, [torch.tensor([4]) for _ in states])
+    for a, b in zip(scorer.score(after, cands), scorer.score(steps, cands)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     ids, _ = scorer.topk([states[2]], 5, exclude_seen=True)[0]
     assert not torch.isin(ids, histories[2]).any() and len(ids) == 5
 
