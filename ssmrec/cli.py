@@ -395,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("ssmrec.bench.ctr", fromlist=["add_parser"]).add_parser(bench)
     __import__("ssmrec.bench.embed", fromlist=["add_parser"]).add_parser(bench)
     __import__("ssmrec.bench.seq", fromlist=["add_parser"]).add_parser(bench)
+    __import__("ssmrec.bench.serve", fromlist=["add_parser"]).add_parser(bench)
     __import__("ssmrec.bench.tower", fromlist=["add_parser"]).add_parser(bench)
     return p
 

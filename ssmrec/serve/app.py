@@ -216,19 +216,23 @@ class _Metrics:
         self.batch_seconds.labels(kind).observe(seconds)
 
 
-def create_app(service: Service):
-    from fastapi import FastAPI, Request
+def create_app(service: Service, run_engine: bool = True):
+    """The FastAPI app. ``run_engine``: start and stop the engine's own thread with the app (in-process
+    use); ``ssmrec serve`` runs the engine on the main thread and passes False."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     @asynccontextmanager
     async def lifespan(app):
-        service.engine.start()
+        if run_engine:
+            service.engine.start()
         try:
             yield
         finally:
-            service.engine.stop()
+            if run_engine:
+                service.engine.stop()
 
     app = FastAPI(title="ssmrec", version="1", lifespan=lifespan,
                   description=f"{service.model_name} ({service.task_name}) with per-user incremental state")
@@ -237,28 +241,7 @@ def create_app(service: Service):
     def error(status: int, message: str):
         return JSONResponse({"error": one_line(message, 400)}, status_code=status)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        endpoint = request.url.path if request.url.path in _ENDPOINTS else "other"
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None:
-                resp = error(411, "a Content-Length header is required")
-            elif not length.isdigit() or int(length) > cfg.max_body_bytes:
-                resp = error(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")
-            else:
-                resp = None
-        else:
-            resp = None
-        if resp is None:
-            try:
-                resp = await call_next(request)
-            except Exception as e:  # never reached for handled errors; a bug answers 500, serving goes on
-                resp = error(500, f"internal error: {one_line(e, 200)}")
-        metrics.requests.labels(endpoint, str(resp.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return resp
+    app.add_middleware(_Guard, max_body=cfg.max_body_bytes, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -329,13 +312,77 @@ def create_app(service: Service):
 _ENDPOINTS = {"/events", "/score", "/recommend", "/health", "/metrics"}
 
 
+def _error_response(status: int, message: str):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": one_line(message, 400)}, status_code=status)
+
+
+class _Guard:
+    """Pure ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): body-size limit from
+    Content-Length before the body is read, per-endpoint request counts and latency, and a last
+    catch so that a bug answers 500 instead of dropping the connection."""
+
+    def __init__(self, app, max_body: int, metrics: "_Metrics"):
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+        status = [None]  # set when the response starts
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        reject = None
+        if scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is None:
+                reject = _error_response(411, "a Content-Length header is required")
+            elif not length.isdigit() or int(length) > self.max_body:
+                reject = _error_response(413, f"request body of {length.decode(errors='replace')} bytes is over "
+                                              f"the limit of {self.max_body}")
+        try:
+            await (reject or self.app)(scope, receive, send_status)
+        except Exception as e:  # handled errors never get here; a bug answers 500 and serving goes on
+            if status[0] is None:
+                await _error_response(500, f"internal error: {one_line(e, 200)}")(scope, receive, send_status)
+        self.metrics.requests.labels(endpoint, str(status[0])).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
 def serve(cfg: ServeConfig) -> int:
-    """Load, restore, serve until SIGINT / SIGTERM, save the cache. Returns an exit code."""
+    """Load, restore, serve until SIGINT / SIGTERM, save the cache. Returns an exit code.
+
+    uvicorn's event loop runs on a second thread; the main thread runs the inference engine (see
+    :meth:`Engine.start` for why). A signal asks uvicorn to finish its in-flight requests; the engine
+    answers them, then saves the cache."""
+    import signal
+    import threading
+
     import uvicorn
 
     service = Service(cfg)
+    server = uvicorn.Server(uvicorn.Config(create_app(service, run_engine=False), host=cfg.host, port=cfg.port,
+                                           log_level="warning", access_log=False))
+
+    def stop(signum, frame):
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    http = threading.Thread(target=server.run, name="ssmrec-http", daemon=True)
+    http.start()
     print(f"ssmrec serve: {service.model_name} ({service.task_name}, scorer {service.scorer.name}) on "
           f"http://{cfg.host}:{cfg.port}; {service.restored} user states restored from {service.state_file}",
           flush=True)
-    uvicorn.run(create_app(service), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    service.engine.run(until=lambda: not http.is_alive())
+    http.join()
+    if not server.started:
+        raise SsmrecError(f"could not serve on {cfg.host}:{cfg.port} (address in use, or not allowed)")
+    print(f"ssmrec serve: stopped; {len(service.cache)} user states saved to {service.state_file}", flush=True)
     return 0

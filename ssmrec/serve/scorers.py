@@ -220,21 +220,20 @@ class MambaCTRScorer(_CTRScorer):
 
     @torch.inference_mode()
     def score(self, states, candidates, likes=None, views=None):
+        # One user at a time: the per-candidate Stage II + head is FLOP-bound, so batching users buys
+        # nothing, while gathering every candidate's copy of its user's window cost ~20 % (measured).
+        return [self._score_one(st, c, None if likes is None else likes[i], None if views is None else views[i])
+                for i, (st, c) in enumerate(zip(states, candidates))]
+
+    def _score_one(self, state, cand, likes, views):
         m = self.model
-        win, mask = _pad_left([s["win"] for s in states], min_len=self.pad_to)
-        sizes = [len(c) for c in candidates]
-        cand, side = self._side(candidates, likes, views)
-        target = m.embedding.items(cand)
+        win, mask = _pad_left([state["win"]], min_len=self.pad_to)
+        cand, side = self._side([cand], None if likes is None else [likes], None if views is None else [views])
+        R = len(cand)
         gru_x = m.gru.in_proj(win) if m.cfg.stage2 == "augru" else None  # once per user, not per candidate
-        if len(states) == 1:  # broadcast one user's window over its candidates without copies
-            R = len(cand)
-            hk, mk = win.expand(R, -1, -1), mask.expand(R, -1)
-        else:
-            user = torch.repeat_interleave(torch.arange(len(states)), torch.tensor(sizes))
-            hk, mk = win[user], mask[user]
-            gru_x = gru_x[user] if gru_x is not None else None
-        p = torch.sigmoid(m.score_window(hk, mk, target, side, gru_x))
-        return list(p.split(sizes))
+        # the window broadcast over the candidates without copies
+        logits = m.score_window(win.expand(R, -1, -1), mask.expand(R, -1), m.embedding.items(cand), side, gru_x)
+        return torch.sigmoid(logits)
 
 
 class DMFScorer(_CTRScorer):

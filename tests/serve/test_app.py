@@ -105,6 +105,19 @@ def test_bad_requests_get_one_clear_4xx_line_and_the_service_keeps_serving(ctr_c
         assert c.post("/score", json={"user": "u1", "candidates": [1]}).status_code == 200
 
 
+def test_an_internal_error_answers_500_in_one_line_and_serving_goes_on(ctr_ckpt, tmp_path, monkeypatch):
+    svc, client = _client(ctr_ckpt, tmp_path)
+    with client as c:
+        c.post("/events", json={"user": "u1", "items": [3]})
+        real = svc.scorer.score
+        monkeypatch.setattr(svc.scorer, "score", lambda *a, **k: 1 / 0)
+        r = c.post("/score", json={"user": "u1", "candidates": [1]})
+        assert r.status_code == 500 and r.json()["error"] == "internal error: ZeroDivisionError: division by zero"
+        monkeypatch.setattr(svc.scorer, "score", real)
+        assert c.post("/score", json={"user": "u1", "candidates": [1]}).status_code == 200
+        assert 'ssmrec_requests_total{endpoint="/score",status="500"} 1.0' in c.get("/metrics").text
+
+
 def test_next_item_speaks_raw_ids_and_excludes_seen(seq_ckpt, tmp_path):
     svc, client = _client(seq_ckpt, tmp_path)
     with client as c:

@@ -95,8 +95,8 @@ def test_sigkill_under_load_loses_nothing_older_than_the_persist_interval(tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    # uvicorn shuts down gracefully and re-raises SIGTERM; the shutdown saved the newest event
-    assert proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()
+    # SIGTERM: in-flight requests are answered, the cache is saved with the newest event, exit 0
+    assert proc.returncode == 0, proc.stderr.read()
     import torch
 
     blob = torch.load(state, weights_only=True)
