@@ -241,6 +241,22 @@ def _cmd_serve(args) -> int:
                              max_candidates=args.max_candidates))
 
 
+def _cmd_export(args) -> int:
+    """torch.export programs of a Mamba checkpoint's serving graphs (ssmrec.serve.export)."""
+    from ssmrec.io import check_output_dir
+    from ssmrec.serve.export import export_serving
+    from ssmrec.train.trainer import load_model
+
+    out = check_output_dir(args.out, "export")
+    model, cfg, task, ck = load_model(args.checkpoint)
+    manifest = export_serving(model, out)
+    for key, prog in manifest["programs"].items():
+        shapes = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in prog["inputs"][:4])
+        print(f"{out / prog['file']}: {key}({shapes}{', ...' if len(prog['inputs']) > 4 else ''})")
+    print(f"wrote {out / 'manifest.json'}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from pathlib import Path
 
@@ -353,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the inference thread")
     srv.add_argument("--max-candidates", type=int, default=2000, help="candidates per request, 413 beyond")
     srv.set_defaults(func=_cmd_serve)
+
+    exp = sub.add_parser("export", help="torch.export programs of a MambaCTR / Mamba4Rec checkpoint's serving graphs "
+                         "(state update per event, scoring) + manifest.json")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--out", required=True, help="output folder: update.pt2, score.pt2, manifest.json")
+    exp.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", help="the main job: synthesize a world (if absent), train MambaCTR, evaluate")
     demo.add_argument("--preset", default="default", choices=["tiny", "default"])

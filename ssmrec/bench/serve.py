@@ -476,6 +476,10 @@ def cmd_bench_serve(args) -> int:
                 _write(out, args, [], hist)
     http: list[dict] = []
     if not args.skip_http:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the load generator's own full GC passes would show up as latency (as in the server)
         per_model = args.users + 3 * args.requests + 2 * max(1, args.requests // 10)
         with tqdm(total=len(names) * per_model, unit="req", desc="http") as bar:
             for name in names:

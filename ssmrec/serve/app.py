@@ -361,12 +361,19 @@ def serve(cfg: ServeConfig) -> int:
     uvicorn's event loop runs on a second thread; the main thread runs the inference engine (see
     :meth:`Engine.start` for why). A signal asks uvicorn to finish its in-flight requests; the engine
     answers them, then saves the cache."""
+    import gc
     import signal
     import threading
 
     import uvicorn
 
     service = Service(cfg)
+    # Everything loaded so far (torch, the model, FastAPI) lives as long as the process: keep it out of
+    # the garbage collector's full passes. Without this, a full pass stalled every in-flight request
+    # for ~200 ms about once per 2,500 requests (Mamba4Rec /recommend at concurrency 32: p99 190 ms ->
+    # 35 ms with the freeze, p50 unchanged).
+    gc.collect()
+    gc.freeze()
     server = uvicorn.Server(uvicorn.Config(create_app(service, run_engine=False), host=cfg.host, port=cfg.port,
                                            log_level="warning", access_log=False))
 
