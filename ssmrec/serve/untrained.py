@@ -13,10 +13,23 @@ from ssmrec.config import from_dict
 from ssmrec.train import checkpoint
 
 
+def spread_weights(model: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Redraw every weight matrix and embedding table as N(0, std²) (SSM parameters, biases and norms
+    keep their init). Freshly initialised recommenders give near-constant outputs (embeddings at
+    1e-4 or 0.02), under which a wrong state could pass an equality test; tests spread them first."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "conv1d" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
 def write_untrained_checkpoint(path, task: str, model: str, model_params: dict | None = None,
                                n_items: int = 12_102, max_len: int = 64, seed: int = 0,
-                               item_raw: list[str] | None = None) -> Path:
-    """``item_raw``: next-item only, the dataset ids by index (what the service then speaks)."""
+                               item_raw: list[str] | None = None, spread: float | None = None) -> Path:
+    """``item_raw``: next-item only, the dataset ids by index (what the service then speaks);
+    ``spread``: :func:`spread_weights` with this std before saving (tests)."""
     from ssmrec.tasks import task_class
     from ssmrec.train.trainer import resolved_config
 
@@ -39,6 +52,8 @@ def write_untrained_checkpoint(path, task: str, model: str, model_params: dict |
         if item_raw is not None:
             fm["item_raw"] = list(item_raw)
     net = task_class(task)(cfg).build_model(arts, fm)
+    if spread is not None:
+        spread_weights(net, spread, seed)
     checkpoint.save_atomic({"task": task, "model": net.state_dict(), "config": resolved_config(cfg),
                             "feature_map": fm, "artifacts": arts, "state": {}, "history": []}, path)
     return Path(path)

@@ -23,7 +23,7 @@ SEQ_SMALL = {"hidden_size": 16, "d_state": 8, "dropout": 0.0}
 @pytest.fixture(scope="module")
 def ctr_ckpt(tmp_path_factory):
     return write_untrained_checkpoint(tmp_path_factory.mktemp("srv") / "ctr.pt", "ctr", "mambactr", CTR_SMALL,
-                                      n_items=300)
+                                      n_items=300, spread=0.06)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,27 @@ def test_concurrent_requests_batched_by_the_engine_equal_sequential_updates(ctr_
     # the engine did batch some events together (8 concurrent senders, 5 ms window)
     line = [l for l in batches.splitlines() if l.startswith('ssmrec_batch_requests_count{kind="Events"}')][0]
     assert float(line.split()[-1]) < 96
+
+
+def test_queued_events_of_one_user_are_applied_in_arrival_order(ctr_ckpt, tmp_path):
+    from ssmrec.serve.engine import Events, Score
+
+    svc = Service(ServeConfig(checkpoint=str(ctr_ckpt), state_file=str(tmp_path / "s.pt")))
+    seq = [[4, 9], [17], [2, 3, 250], [8]]
+    futures = [svc.engine.submit(Events("a", torch.tensor(x))) for x in seq]  # queued before the engine runs
+    futures += [svc.engine.submit(Events("a", torch.tensor([x]))) for x in (11, 12)]
+    svc.engine.start()
+    try:
+        assert [f.result(timeout=60)["events"] for f in futures] == [9] * 6  # one batched run, one count
+        c = torch.tensor([1, 5, 7])
+        got = svc.engine.submit(Score("a", None, c, svc.item_likes[c], svc.item_views[c])).result(timeout=60)
+    finally:
+        svc.engine.stop()
+    flat = torch.tensor([i for x in seq for i in x] + [11, 12])
+    want = svc.scorer.score([svc.scorer.prefill(flat)], [c], [svc.item_likes[c]], [svc.item_views[c]])[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    wrong = svc.scorer.score([svc.scorer.prefill(flat.flip(0))], [c], [svc.item_likes[c]], [svc.item_views[c]])[0]
+    assert not torch.allclose(got, wrong, atol=1e-4)
 
 
 def test_serve_cli_rejects_bad_arguments_in_one_line(ctr_ckpt, tmp_path):

@@ -7,6 +7,7 @@ import torch
 from ssmrec.models.ctr import build_ctr_model
 from ssmrec.registry import get_model
 from ssmrec.serve.scorers import build_scorer, state_nbytes
+from ssmrec.serve.untrained import spread_weights
 from ssmrec.tasks.next_item import SeqBatch
 
 CTR_VARIANTS = {
@@ -48,7 +49,7 @@ def _ctr_reference(model, history, cands, likes, views):
 def test_ctr_scorer_equals_forward_on_the_full_history(tiny_data, name):
     model_name, params = CTR_VARIANTS[name]
     torch.manual_seed(0)
-    model = build_ctr_model(model_name, params, tiny_data.item_info).eval()
+    model = spread_weights(build_ctr_model(model_name, params, tiny_data.item_info), 0.06).eval()
     scorer = build_scorer("ctr", model)
     n_items = tiny_data.item_info.n_items
     g = torch.Generator().manual_seed(1)
@@ -97,7 +98,7 @@ def test_mambactr_state_is_constant_size_and_differs_from_history_order(tiny_dat
 def _seq_model(name, params, n_items=50):
     spec = get_model("next_item", name)
     torch.manual_seed(0)
-    return spec.cls(spec.config({**params, "dropout": 0.0}), n_items).eval()
+    return spread_weights(spec.cls(spec.config({**params, "dropout": 0.0}), n_items)).eval()
 
 
 @pytest.mark.parametrize("name", list(SEQ_VARIANTS))
@@ -128,6 +129,7 @@ def test_next_item_scorer_equals_forward_on_the_full_history(name):
     got = scorer.score(states, cands)
     for i, (c, p) in enumerate(zip(cands, got)):
         torch.testing.assert_close(p, torch.softmax(ref[i], -1)[c], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scorer.full_scores(states)[:, 1:], ref[:, 1:], atol=1e-4, rtol=1e-4)
     top = scorer.topk(states, 5)
     for i, (ids, vals) in enumerate(top):
         torch.testing.assert_close(vals, ref[i].topk(5).values, atol=1e-4, rtol=1e-4)
@@ -136,8 +138,17 @@ def test_next_item_scorer_equals_forward_on_the_full_history(name):
         torch.testing.assert_close(p, torch.softmax(ref[i], -1)[c], atol=1e-5, rtol=1e-4)
     after = scorer.update(pre, [torch.tensor([4]) for _ in pre])  # and the states go on from there
     steps = scorer.update(states, [torch.tensor([4]) for _ in states])
-    for a, b in zip(scorer.score(after, cands), scorer.score(steps, cands)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scorer.full_scores(pre), scorer.full_scores(states), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scorer.full_scores(after), scorer.full_scores(steps), atol=1e-4, rtol=1e-4)
+    # that batched update mixed users with 1, 6 and 13 past events (padded caches): against forward
+    longer = [torch.cat([h, torch.tensor([4])]) for h in seqs] if not getattr(model, "cloze", False) else \
+        [torch.cat([h, torch.tensor([4, 50])]) for h in histories]
+    item_seq2 = torch.zeros(3, max(len(q) for q in longer), dtype=torch.long)
+    for i, q in enumerate(longer):
+        item_seq2[i, :len(q)] = q
+    with torch.no_grad():
+        ref2 = model(SeqBatch(item_seq2, torch.tensor([len(q) for q in longer])))["logits"][:, 1:50]
+    torch.testing.assert_close(scorer.full_scores(steps)[:, 1:], ref2, atol=1e-4, rtol=1e-4)
     ids, _ = scorer.topk([states[2]], 5, exclude_seen=True)[0]
     assert not torch.isin(ids, histories[2]).any() and len(ids) == 5
 
