@@ -82,6 +82,19 @@ def _pad_right(events: list[Tensor]) -> tuple[Tensor, Tensor]:
     return ids, valid
 
 
+def _stack_layer_states(states: list[State], n_layers: int) -> list[tuple[Tensor, Tensor]]:
+    """Users' per-layer ``conv{i}`` / ``ssm{i}`` entries -> the stack's batched (conv, ssm) per layer."""
+    return [(torch.cat([s[f"conv{i}"] for s in states]), torch.cat([s[f"ssm{i}"] for s in states]))
+            for i in range(n_layers)]
+
+
+def _put_layer_states(state: State, layer_states, row: int = 0) -> State:
+    """Store row ``row`` of the stack's per-layer states into ``state`` (fresh tensors); returns it."""
+    for i, (conv, ssm) in enumerate(layer_states):
+        state[f"conv{i}"], state[f"ssm{i}"] = conv[row:row + 1].clone(), ssm[row:row + 1].clone()
+    return state
+
+
 def _append(old: Tensor, new: Tensor, keep: int | None) -> Tensor:
     """Concatenate along dim 1 and keep the newest ``keep`` entries (all when None); a fresh tensor."""
     out = torch.cat([old, new], dim=1)
@@ -167,16 +180,9 @@ class MambaCTRScorer(_CTRScorer):
     def init_state(self) -> State:
         st: State = {"n": torch.zeros(1, dtype=torch.long), "win": torch.zeros(1, 0, self.d)}
         if self.recurrent:
-            for i, (conv, ssm) in enumerate(self.model.encoder.layers.allocate_state(1)):
-                st[f"conv{i}"], st[f"ssm{i}"] = conv, ssm
-        else:
-            st["hist"] = torch.zeros(1, 0, dtype=torch.long)
+            return _put_layer_states(st, self.model.encoder.layers.allocate_state(1))
+        st["hist"] = torch.zeros(1, 0, dtype=torch.long)
         return st
-
-    def _layer_states(self, states):
-        L = len(self.model.encoder.layers)
-        return [(torch.cat([s[f"conv{i}"] for s in states]), torch.cat([s[f"ssm{i}"] for s in states]))
-                for i in range(L)]
 
     @torch.inference_mode()
     def prefill(self, history) -> State:
@@ -186,9 +192,7 @@ class MambaCTRScorer(_CTRScorer):
         x = self.model.embedding.items(history)[None]
         h, layer_states = self.model.encoder.layers.prefill(x)
         st = {"n": torch.tensor([len(history)]), "win": (h[:, -self.window:] if self.window else h).clone()}
-        for i, (conv, ssm) in enumerate(layer_states):
-            st[f"conv{i}"], st[f"ssm{i}"] = conv.clone(), ssm.clone()
-        return st
+        return _put_layer_states(st, layer_states)
 
     @torch.inference_mode()
     def update(self, states, events):
@@ -203,7 +207,7 @@ class MambaCTRScorer(_CTRScorer):
             return out
         ids, valid = _pad_right(events)
         x = self.model.embedding.items(ids)  # (B, T, D)
-        layer_states = self._layer_states(states)
+        layer_states = _stack_layer_states(states, len(self.model.encoder.layers))
         ys = []
         for t in range(ids.shape[1]):
             m = None if bool(valid[:, t].all()) else valid[:, t]
@@ -213,9 +217,7 @@ class MambaCTRScorer(_CTRScorer):
         out = []
         for b, (st, e) in enumerate(zip(states, events)):
             new = {"n": st["n"] + len(e), "win": _append(st["win"], y[b:b + 1, :len(e)], self.window)}
-            for i, (conv, ssm) in enumerate(layer_states):
-                new[f"conv{i}"], new[f"ssm{i}"] = conv[b:b + 1].clone(), ssm[b:b + 1].clone()
-            out.append(new)
+            out.append(_put_layer_states(new, layer_states, b))
         return out
 
     @torch.inference_mode()
@@ -327,9 +329,7 @@ class Mamba4RecScorer(_NextItemScorer):
     def init_state(self) -> State:
         st = {"n": torch.zeros(1, dtype=torch.long), "seen": torch.zeros(1, 0, dtype=torch.long),
               "h": torch.zeros(1, self.model.cfg.hidden_size)}
-        for i, (conv, ssm) in enumerate(self.model.layers.allocate_state(1)):
-            st[f"conv{i}"], st[f"ssm{i}"] = conv, ssm
-        return st
+        return _put_layer_states(st, self.model.layers.allocate_state(1))
 
     @torch.inference_mode()
     def prefill(self, history) -> State:
@@ -338,18 +338,14 @@ class Mamba4RecScorer(_NextItemScorer):
             return self.init_state()
         h, layer_states = self.model.layers.prefill(self.model.embed(history[None], torch.arange(len(history))))
         st = {"n": torch.tensor([len(history)]), "seen": history[None].clone(), "h": h[:, -1].clone()}
-        for i, (conv, ssm) in enumerate(layer_states):
-            st[f"conv{i}"], st[f"ssm{i}"] = conv.clone(), ssm.clone()
-        return st
+        return _put_layer_states(st, layer_states)
 
     @torch.inference_mode()
     def update(self, states, events):
         events = [_ids(e) for e in events]
         ids, valid = _pad_right(events)
         n0 = torch.cat([s["n"] for s in states])
-        n_layers = len(self.model.layers)
-        layer_states = [(torch.cat([s[f"conv{i}"] for s in states]), torch.cat([s[f"ssm{i}"] for s in states]))
-                        for i in range(n_layers)]
+        layer_states = _stack_layer_states(states, len(self.model.layers))
         h = torch.cat([s["h"] for s in states])
         for t in range(ids.shape[1]):
             m = None if bool(valid[:, t].all()) else valid[:, t]
@@ -358,9 +354,7 @@ class Mamba4RecScorer(_NextItemScorer):
         out = []
         for b, (st, e) in enumerate(zip(states, events)):
             new = {"n": st["n"] + len(e), "seen": _append(st["seen"], e[None], None), "h": h[b:b + 1].clone()}
-            for i, (conv, ssm) in enumerate(layer_states):
-                new[f"conv{i}"], new[f"ssm{i}"] = conv[b:b + 1].clone(), ssm[b:b + 1].clone()
-            out.append(new)
+            out.append(_put_layer_states(new, layer_states, b))
         return out
 
 
