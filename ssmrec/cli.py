@@ -238,7 +238,7 @@ def _cmd_serve(args) -> int:
                              state_file=args.state_file, persist_interval=args.persist_interval,
                              cache_bytes=parse_bytes(args.cache_bytes, "--cache-bytes"), max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, threads=args.threads,
-                             max_candidates=args.max_candidates, compile=args.compile))
+                             max_candidates=args.max_candidates))
 
 
 def _cmd_export(args) -> int:
@@ -368,8 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long the inference thread waits for more requests once one arrived")
     srv.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the inference thread")
     srv.add_argument("--max-candidates", type=int, default=2000, help="candidates per request, 413 beyond")
-    srv.add_argument("--compile", action="store_true",
-                     help="torch.compile MambaCTR's per-candidate Stage II + head at start (~1 min; ~30 %% faster /score)")
     srv.set_defaults(func=_cmd_serve)
 
     exp = sub.add_parser("export", help="torch.export programs of a MambaCTR / Mamba4Rec checkpoint's serving graphs "

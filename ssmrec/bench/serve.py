@@ -123,12 +123,11 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, ckpt: Path, state_file: Path, mode: str, threads: int, log: Path, compile: bool = False):
+    def __init__(self, ckpt: Path, state_file: Path, mode: str, threads: int, log: Path):
         self.ckpt, self.state_file, self.mode, self.threads, self.log = ckpt, state_file, mode, threads, log
-        self.compile = compile
         self.proc = None
 
-    def start(self, timeout: float = 600.0) -> str:
+    def start(self, timeout: float = 180.0) -> str:
         import httpx
 
         port = _free_port()
@@ -136,8 +135,7 @@ class _Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ssmrec.cli", "serve", "--checkpoint", str(self.ckpt), "--port", str(port),
              "--mode", self.mode, "--threads", str(self.threads), "--state-file", str(self.state_file),
-             "--max-candidates", "5000"] + (["--compile"] if self.compile else []),
-            stdout=self._log, stderr=subprocess.STDOUT)
+             "--max-candidates", "5000"], stdout=self._log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
         t_end = time.monotonic() + timeout
         while time.monotonic() < t_end:
@@ -194,8 +192,7 @@ def _http_model(name: str, ckpt: Path, args, out: Path, bar) -> dict:
     mode = MODELS[name][3]
     state_file = out / f"{name}.states.pt"
     state_file.unlink(missing_ok=True)
-    server = _Server(ckpt, state_file, mode, args.threads, out / f"{name}.serve.log",
-                     compile=args.compile and MODELS[name][1] == "mambactr")
+    server = _Server(ckpt, state_file, mode, args.threads, out / f"{name}.serve.log")
     rng = random.Random(0)
     n_items = args.n_items
     histories = {f"u{u}": [rng.randrange(1, n_items) for _ in range(args.history)] for u in range(args.users)}
@@ -342,8 +339,7 @@ def _write(out: Path, args, http: list[dict], hist: list[dict]) -> None:
     write_json_atomic(out / "results.json", {"bench": "serve", "machine": machine_info(), "args": {
         k: v for k, v in vars(args).items() if k != "func"}, "http": http, "history": hist, "speedups": speed})
     md = [f"# ssmrec bench serve\n\n{machine_info()['cpu']}, {os.cpu_count()} cores; catalogue {args.n_items} items, "
-          f"{args.candidates} candidates per /score, server threads {args.threads}"
-          f"{'; MambaCTR served with --compile' if getattr(args, 'compile', False) else ''}.\n"]
+          f"{args.candidates} candidates per /score, server threads {args.threads}.\n"]
     if http:
         rows = []
         for m in http:
@@ -510,7 +506,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lengths", default="50,200,1000", help="history lengths of the in-process study")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per in-process measurement")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server (and of the in-process study)")
-    p.add_argument("--compile", action="store_true", help="serve MambaCTR models with ssmrec serve --compile")
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--out", default="runs/bench-serve")

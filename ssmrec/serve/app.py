@@ -80,7 +80,6 @@ class ServeConfig:
     max_history: int = 5000  # explicit history per request
     max_k: int = 1000
     max_body_bytes: int = 1 << 20
-    compile: bool = False  # torch.compile MambaCTR's per-candidate Stage II + head (compiled at start)
 
 
 class HTTPError(Exception):
@@ -114,15 +113,9 @@ class Service:
         fm = ck["feature_map"]
         self.n_items = int(fm["n_items"])
         try:
-            self.scorer = build_scorer(self.task_name, model, cfg.mode, max_len=int(fm.get("max_len", 64)),
-                                       compile=cfg.compile)
+            self.scorer = build_scorer(self.task_name, model, cfg.mode, max_len=int(fm.get("max_len", 64)))
         except ValueError as e:
             raise SsmrecError(f"{path}: {e}") from None
-        if cfg.compile and hasattr(self.scorer, "warmup"):
-            try:
-                self.scorer.warmup()
-            except Exception as e:  # no C++ compiler, an unsupported op: say so, do not serve half-compiled
-                raise SsmrecError(f"--compile failed ({one_line(e, 200)}); serve without --compile") from None
         raw = fm.get("item_raw")
         self.item_raw = [str(x) for x in raw] if raw is not None else None
         self.item_index = {r: i for i, r in enumerate(self.item_raw)} if self.item_raw else None

@@ -161,12 +161,9 @@ class _CTRScorer(IncrementalScorer):
 class MambaCTRScorer(_CTRScorer):
     name = "mambactr"
 
-    def __init__(self, model, max_len: int = DEFAULT_MAX_LEN, compile: bool = False):
+    def __init__(self, model, max_len: int = DEFAULT_MAX_LEN):
         super().__init__(model)
         cfg = model.cfg
-        # Stage II + head, the per-candidate part; torch.compile (inductor, dynamic candidate count) cut
-        # it from 14.0 to 9.7 ms per 100 candidates on 2 threads here, for ~50 s of compiling at start.
-        self._score_window = torch.compile(model.score_window, dynamic=True) if compile else model.score_window
         if not cfg.padding_noop and cfg.stage1 != "transformer":
             raise ValueError("serving needs model_params.padding_noop: true (padded steps must not move the state)")
         if cfg.drop_newest_on_full or cfg.inverted_padding_mask:
@@ -237,14 +234,8 @@ class MambaCTRScorer(_CTRScorer):
         R = len(cand)
         gru_x = m.gru.in_proj(win) if m.cfg.stage2 == "augru" else None  # once per user, not per candidate
         # the window broadcast over the candidates without copies
-        logits = self._score_window(win.expand(R, -1, -1), mask.expand(R, -1), m.embedding.items(cand), side, gru_x)
+        logits = m.score_window(win.expand(R, -1, -1), mask.expand(R, -1), m.embedding.items(cand), side, gru_x)
         return torch.sigmoid(logits)
-
-    def warmup(self) -> None:
-        """Run the scoring path once per shape class (1 candidate, many) so that compiling happens now."""
-        st = self.prefill(torch.ones(self.pad_to, dtype=torch.long))
-        for n in (1, 2, 100):
-            self.score([st], [torch.ones(n, dtype=torch.long)])
 
 
 class DMFScorer(_CTRScorer):
@@ -531,11 +522,10 @@ class RecomputeNextItemScorer(_HistoryState, _NextItemScorer):
 
 
 def build_scorer(task: str, model: torch.nn.Module, mode: str = "auto", max_history: int | None = None,
-                 max_len: int = DEFAULT_MAX_LEN, compile: bool = False) -> IncrementalScorer:
+                 max_len: int = DEFAULT_MAX_LEN) -> IncrementalScorer:
     """The incremental scorer of ``model`` (``mode="recompute"``: the no-state baseline; ``"kv"``: SASRec's
     key/value cache, which ``auto`` picks for SASRec). ``max_len``: the training history length (the
-    checkpoint's ``feature_map``), which MambaCTR's whole-history Stage II pads short histories to.
-    ``compile``: torch.compile MambaCTR's per-candidate Stage II + head (other scorers: no effect)."""
+    checkpoint's ``feature_map``), which MambaCTR's whole-history Stage II pads short histories to."""
     from ssmrec.models.ctr.dmf import DMF
     from ssmrec.models.ctr.mambactr import MambaCTR
     from ssmrec.models.seq.mamba4rec import Mamba4Rec
@@ -549,7 +539,7 @@ def build_scorer(task: str, model: torch.nn.Module, mode: str = "auto", max_hist
     if mode == "recompute" and not isinstance(model, SASRec):
         return recompute(model, max_history)
     if isinstance(model, MambaCTR):
-        return MambaCTRScorer(model, max_len, compile)
+        return MambaCTRScorer(model, max_len)
     if isinstance(model, DMF):
         return DMFScorer(model)
     if isinstance(model, Mamba4Rec):
