@@ -221,7 +221,7 @@ def create_app(service: Service, run_engine: bool = True):
     use); ``ssmrec serve`` runs the engine on the main thread and passes False."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     @asynccontextmanager
@@ -238,9 +238,6 @@ def create_app(service: Service, run_engine: bool = True):
                   description=f"{service.model_name} ({service.task_name}) with per-user incremental state")
     cfg, metrics = service.cfg, service.metrics
 
-    def error(status: int, message: str):
-        return JSONResponse({"error": one_line(message, 400)}, status_code=status)
-
     app.add_middleware(_Guard, max_body=cfg.max_body_bytes, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -248,20 +245,20 @@ def create_app(service: Service, run_engine: bool = True):
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         if first.get("type") == "json_invalid":
-            return error(400, f"malformed JSON: {first.get('msg', '')} ({first.get('ctx', {}).get('error', '')})")
-        return error(422, f"{loc}: {first.get('msg', 'invalid')}")
+            return _error_response(400, f"malformed JSON: {first.get('msg', '')} ({first.get('ctx', {}).get('error', '')})")
+        return _error_response(422, f"{loc}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPError)
     async def http_error(request, exc: HTTPError):
-        return error(exc.status, exc.message)
+        return _error_response(exc.status, exc.message)
 
     @app.exception_handler(UnknownUser)
     async def unknown_user(request, exc: UnknownUser):
-        return error(404, str(exc.args[0]))
+        return _error_response(404, str(exc.args[0]))
 
     @app.exception_handler(ValueError)
     async def value_error(request, exc: ValueError):
-        return error(422, str(exc))
+        return _error_response(422, str(exc))
 
     @app.post("/events")
     async def events(req: EventsRequest):

@@ -181,23 +181,20 @@ class Engine:
         per_user: dict[str, list[torch.Tensor]] = {}
         for job in run:
             per_user.setdefault(job.op.user, []).append(job.op.items)
-        users = list(per_user)
-        cached = {u: self.cache.get(u) for u in users}
-        # a user seen for the first time gets its history in one parallel pass (prefill), the others
-        # are stepped together, one event at a time
-        old = [u for u in users if cached[u] is not None]
-        new = dict(zip(old, self.scorer.update([cached[u] for u in old], [torch.cat(per_user[u]) for u in old])
-                       if old else []))
-        for u in users:
-            if cached[u] is None:
-                new[u] = self.scorer.prefill(torch.cat(per_user[u]))
-        new = [new[u] for u in users]
-        for u, s in zip(users, new):
-            self.cache.put(u, s)
-        self.events_applied += sum(len(j.op.items) for j in run)
-        # each request is acknowledged with the user's event count after the whole run
-        counts = {u: self.scorer.events_of(s) for u, s in zip(users, new)}
-        for job in run:
+        items = {u: torch.cat(xs) for u, xs in per_user.items()}
+        cached = {u: self.cache.get(u) for u in items}
+        # known users are stepped together, one event at a time; a user seen for the first time gets
+        # the whole history in one parallel pass (prefill)
+        known = [u for u in items if cached[u] is not None]
+        updated = dict(zip(known, self.scorer.update([cached[u] for u in known], [items[u] for u in known]))) \
+            if known else {}
+        counts = {}
+        for u in items:
+            state = updated[u] if u in updated else self.scorer.prefill(items[u])
+            self.cache.put(u, state)
+            counts[u] = self.scorer.events_of(state)
+        self.events_applied += sum(len(x) for x in items.values())
+        for job in run:  # each request is acknowledged with its user's event count after the whole run
             job.future.set_result({"user": job.op.user, "events": counts[job.op.user]})
 
     def _states(self, run: list[_Job]) -> list[State]:

@@ -119,9 +119,10 @@ class IncrementalScorer(ABC):
     @abstractmethod
     def update(self, states: list[State], events: list[Tensor]) -> list[State]: ...
 
+    @abstractmethod
     def score(self, states: list[State], candidates: list[Tensor], likes: list[Tensor] | None = None,
               views: list[Tensor] | None = None) -> list[Tensor]:
-        raise NotImplementedError
+        """Per user, the candidates' probabilities (CTR: click; next item: softmax over the catalogue)."""
 
     def topk(self, states: list[State], k: int, exclude_seen: bool = False,
              candidates: list[Tensor | None] | None = None, likes=None, views=None) -> list[tuple[Tensor, Tensor]]:

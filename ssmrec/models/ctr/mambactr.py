@@ -125,13 +125,10 @@ class SequenceEncoder(nn.Module):
     def recurrent(self) -> bool:
         return self.cfg.stage1 != "transformer"
 
-    def ssm_mask(self, mask):
-        return mask if self.cfg.padding_noop else None
-
     def forward(self, x, mask):
         if not self.recurrent:
             return self.layers(x, mask)
-        return self.layers(x, self.ssm_mask(mask))
+        return self.layers(x, mask if self.cfg.padding_noop else None)
 
 
 def _upgrade_stage1_keys(state_dict, prefix, *args):
