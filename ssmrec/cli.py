@@ -93,9 +93,17 @@ def _evaluate_other_task(args, loaded) -> int:
         raise SsmrecError(f"--split must be one of valid, test for task '{cfg.task}', got {args.split!r}")
     if args.data:
         cfg.data.source = str(args.data)
+    if args.protocol and cfg.task != "next_item":
+        raise SsmrecError(f"--protocol is for next_item checkpoints (this one is task '{cfg.task}')")
     task.setup(("valid", "test"))
     task.check_feature_map(ck["feature_map"], args.checkpoint)
-    _print_summary({"split": args.split, **task.evaluate(model, args.split, cfg.train.eval_batch_size)})
+    extra = {}
+    if cfg.task == "next_item":
+        extra = {"protocol": args.protocol or cfg.data.protocol}
+        m = task.evaluate(model, args.split, cfg.train.eval_batch_size, protocol=extra["protocol"])
+    else:
+        m = task.evaluate(model, args.split, cfg.train.eval_batch_size)
+    _print_summary({"split": args.split, **extra, **m})
     return 0
 
 
@@ -107,6 +115,8 @@ def _cmd_evaluate(args) -> int:
     loaded = load_model(args.checkpoint)  # the checkpoint is read once, whatever its task
     if loaded[1].task != "ctr":
         return _evaluate_other_task(args, loaded)
+    if args.protocol:
+        raise SsmrecError("--protocol is for next_item checkpoints (this one is task 'ctr')")
     model, cfg, data = _load_for_scoring(args, loaded)
     if args.split not in data.splits:
         raise SsmrecError(f"{data.root / (args.split + '.parquet')}: file not found")
@@ -332,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="data folder (default: the one the model was trained on)")
     ev.add_argument("--split", default="valid")
+    ev.add_argument("--protocol", choices=("unmasked", "masked"),
+                    help="next_item: rank every item (unmasked) or exclude the user's whole history (masked); "
+                         "default: the run's data.protocol")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a challenge submission (ID,<column> CSV, or a .zip holding it)")
@@ -348,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--data", help="dataset folder or file (default: the one the model was trained on)")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--out", required=True, help="FILE.csv or FILE.parquet: user_id, rank, item_id, score")
-    rec.add_argument("--exclude-seen", action="store_true", help="never recommend an item the user already has")
+    rec.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the user's whole history (not only the max_len items the model reads)")
     rec.set_defaults(func=_cmd_recommend)
 
     srv = sub.add_parser("serve", help="HTTP service for a CTR / next-item checkpoint: /score /recommend /events "

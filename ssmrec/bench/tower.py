@@ -108,7 +108,7 @@ def baseline_records(data, env: str, seed: int) -> list[dict]:
     import numpy as np
     import torch
 
-    from ssmrec.tasks.retrieval import ranking_metrics
+    from ssmrec.metrics import relevance_metrics
 
     rel = data.relevance_matrix()
     pos = data.train.target > 0
@@ -116,7 +116,7 @@ def baseline_records(data, env: str, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for name, scores in (("popularity", counts[None].expand(rel.shape[0], -1)), ("random", torch.rand(rel.shape, generator=g))):
-        m = ranking_metrics(scores, rel, [1, 5, 10])
+        m = relevance_metrics(scores, rel, [1, 5, 10])
         valid = ~torch.isnan(m["map@12"])
         out.append({"env": env, "seed": seed, "model": name, **{k: float(v[valid].mean()) for k, v in m.items()}})
     return out

@@ -30,7 +30,7 @@ Readers for the public next-item data sets and the Mamba4Rec/RecBole preprocessi
   iterative k-core filtering (:func:`kcore_filter`), chronological order (a *stable* sort by
   timestamp, so ties keep the file order; without timestamps the file order), re-indexing, CSR.
 * :func:`leave_one_out` gives the paper's split (train ``seq[:-2]``, valid target ``seq[-2]``, test
-  target ``seq[-1]``).
+  target ``seq[-1]``) as index ranges into the CSR arrays; the next-item task uses it.
 * :func:`download` fetches the official MovieLens archives for users with a network.
 
 Re-indexing rule (deterministic, documented once here): users are numbered ``0..n_users-1`` and items
@@ -68,7 +68,7 @@ from ssmrec.errors import ConfigError, DataError, SsmrecError, one_line
 
 __all__ = [
     "SeqDataset",
-    "SeqSplit",
+    "LeaveOneOut",
     "kcore_filter",
     "from_interactions",
     "load_seq_dataset",
@@ -134,42 +134,34 @@ class SeqDataset:
                 "avg_len": float(n_inter / n_users) if n_users else 0.0}
 
 
-@dataclass
-class SeqSplit:
-    """Leave-one-out split of a :class:`SeqDataset` (Mamba4Rec / RecBole ``LS: valid_and_test``).
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """The paper's leave-one-out split (Mamba4Rec / RecBole ``LS: valid_and_test``) as index ranges
+    into a CSR item array; the pipeline's only split of sequences (:class:`ssmrec.tasks.next_item.NextItemTask`).
 
-    Row ``r`` describes dataset user ``users[r]`` with sequence ``s`` of length ``n >= 3``:
-    training sequence ``s[:n-2]`` (CSR ``train_offsets``/``train_items``), validation = (history
-    ``s[:n-2]``, target ``valid_target[r] = s[n-2]``), test = (history ``s[:n-1]``, target
-    ``test_target[r] = s[n-1]``). Users with fewer than 3 interactions are left out of all three
-    (none exist after 5-core filtering).
+    Row ``r`` is user ``users[r]`` with sequence ``s = items[start:start + n]``, ``n >= 3``: training
+    sequence ``s[:n-2]`` = ``items[start:train_end]``; validation = history ``items[start:valid]``
+    (the training sequence), target ``items[valid]`` (``s[n-2]``); test = history ``items[start:test]``
+    (training sequence + valid target), target ``items[test]`` (``s[n-1]``). Training never reads
+    ``items[train_end:]``. Users with fewer than 3 interactions are left out of all three (none
+    exist after 5-core filtering).
     """
 
-    users: np.ndarray  # (m,) int64 dataset user indices included
-    train_offsets: np.ndarray  # (m + 1,) int64
-    train_items: np.ndarray  # (sum(n - 2),) int64
-    valid_target: np.ndarray  # (m,) int64
-    test_target: np.ndarray  # (m,) int64
-    n_items: int  # including padding 0
+    users: np.ndarray  # (m,) int64 indices of the users kept
+    start: np.ndarray  # (m,) int64
+    train_end: np.ndarray  # (m,) int64, exclusive
+    valid: np.ndarray  # (m,) int64 index of the valid target (== train_end)
+    test: np.ndarray  # (m,) int64 index of the test target (== valid + 1)
 
     @property
     def n_users(self) -> int:
         return int(self.users.shape[0])
 
-    def valid_history(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR ``(offsets, items)`` of the validation inputs (= the training sequences)."""
-        return self.train_offsets, self.train_items
-
-    def test_history(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR ``(offsets, items)`` of the test inputs: each training sequence + its valid target."""
-        m = self.n_users
-        train_len = np.diff(self.train_offsets)
-        offsets = self.train_offsets + np.arange(m + 1, dtype=np.int64)
-        out = np.empty(int(offsets[-1]), dtype=np.int64)
-        rows = np.repeat(np.arange(m, dtype=np.int64), train_len)
-        out[np.arange(self.train_items.shape[0], dtype=np.int64) + rows] = self.train_items
-        out[offsets[1:] - 1] = self.valid_target
-        return offsets, out
+    def history_and_target(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(history start, history end, target index)`` per user for ``"valid"`` or ``"test"``:
+        the history is ``items[start:end]`` and the target ``items[target]`` (``end == target``)."""
+        target = {"valid": self.valid, "test": self.test}[split]
+        return self.start, target, target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,20 +259,13 @@ def from_interactions(users, items, timestamps=None, name: str = "", source: str
                       user_raw=_as_str(user_uniq), item_raw=item_raw, source=str(source))
 
 
-def leave_one_out(ds: SeqDataset) -> SeqSplit:
-    """The paper's leave-one-out split; see :class:`SeqSplit`. Pure numpy."""
-    lens = ds.lengths()
+def leave_one_out(offsets: np.ndarray) -> LeaveOneOut:
+    """The paper's leave-one-out split of the CSR sequences ``offsets`` (see :class:`LeaveOneOut`)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lens = np.diff(offsets)
     users = np.flatnonzero(lens >= 3).astype(np.int64)
-    starts = ds.offsets[:-1][users]
-    n = lens[users]
-    train_len = n - 2
-    train_offsets = np.zeros(users.shape[0] + 1, dtype=np.int64)
-    np.cumsum(train_len, out=train_offsets[1:])
-    total = int(train_offsets[-1])
-    idx = np.repeat(starts - train_offsets[:-1], train_len) + np.arange(total, dtype=np.int64)
-    return SeqSplit(users=users, train_offsets=train_offsets, train_items=ds.items[idx],
-                    valid_target=ds.items[starts + n - 2], test_target=ds.items[starts + n - 1],
-                    n_items=ds.n_items)
+    start, end = offsets[:-1][users], offsets[1:][users]
+    return LeaveOneOut(users=users, start=start, train_end=end - 2, valid=end - 2, test=end - 1)
 
 
 # ----------------------------------------------------------------------------------------------

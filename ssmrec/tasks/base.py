@@ -14,36 +14,45 @@ from typing import ClassVar, Iterator
 import torch
 from pydantic import BaseModel
 
+from ssmrec.metrics import metric_direction
+
 
 class Task(ABC):
     name: ClassVar[str]
     DataConfig: ClassVar[type[BaseModel]]
-    # The metric to early-stop on and whether larger is better; a config may pick another metric
-    # of ``metric_names`` with ``train.monitor``.
+    # The metric to early-stop on and its direction; a config may pick another metric of
+    # ``monitor_names(cfg)`` with ``train.monitor`` (its direction then follows from its name,
+    # :func:`ssmrec.metrics.metric_direction`).
     monitor: ClassVar[tuple[str, str]]
     metric_names: ClassVar[tuple[str, ...]]
-    # Metrics where larger is better (the rest: smaller is better).
-    higher_is_better: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     # ------------------------------------------------------------------ config
     @classmethod
+    def monitor_names(cls, cfg) -> tuple[str, ...]:
+        """The validation metrics ``train.monitor`` may name for this config."""
+        return cls.metric_names
+
+    @classmethod
     def check_config(cls, cfg, source: str) -> None:
         """Cross-section checks (data vs model vs train); raise ConfigError. Default: monitor name."""
         from ssmrec.errors import ConfigError
 
         mon = cfg.train.monitor
-        if mon is not None and mon not in cls.metric_names:
-            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(cls.metric_names)} for task "
+        allowed = cls.monitor_names(cfg)
+        if mon is not None and (mon not in allowed or metric_direction(mon) is None):
+            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(allowed)} for task "
                               f"'{cls.name}', got {mon!r}")
 
+    def default_monitor(self) -> str:
+        return self.monitor[0]
+
     def monitor_spec(self) -> tuple[str, str]:
-        mon = self.cfg.train.monitor
-        if mon is None:
-            return self.monitor
-        return mon, ("max" if mon in self.higher_is_better else "min")
+        """(metric, "max" | "min"): the direction always follows from the metric's name."""
+        mon = self.cfg.train.monitor or self.default_monitor()
+        return mon, metric_direction(mon)
 
     # ------------------------------------------------------------------ data module
     @abstractmethod

@@ -15,8 +15,8 @@ from ssmrec.data.schema import DEFAULT_MAX_LEN
 from ssmrec.errors import SsmrecError
 from ssmrec.params import STRICT, PosInt
 from ssmrec.tasks.base import Task
-from ssmrec.train.metrics import auc as auc_score
-from ssmrec.train.metrics import ctr_metrics
+from ssmrec.metrics import auc as auc_score
+from ssmrec.metrics import ctr_metrics
 
 from pydantic import BaseModel
 
@@ -114,7 +114,6 @@ class CTRTask(Task):
     DataConfig = CTRDataConfig
     monitor = ("auc", "max")
     metric_names = ("auc", "logloss", "gauc")
-    higher_is_better = frozenset({"auc", "gauc"})
 
     def __init__(self, cfg, data: MMCTRData | None = None):
         super().__init__(cfg)

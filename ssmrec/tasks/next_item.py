@@ -1,22 +1,37 @@
 """Sequential next-item recommendation (Mamba4Rec's protocol, reference doc §7.2).
 
-Split: leave-one-out per user (last item = test, second-last = valid, the rest = train; users with
-fewer than 3 items are left out). Histories are the newest ``max_len`` items, **right-padded** (real
-items first), so a causal model's state at position ``len - 1`` is the user's state.
+Split: leave-one-out per user (:func:`ssmrec.data.seq.leave_one_out`: last item = test, second-last =
+valid, the rest = train; users with fewer than 3 items are left out). Model inputs are the newest
+``max_len`` items, **right-padded** (real items first), so a causal model's state at position
+``len - 1`` is the user's state.
 
-Training samples (``data.train_mode``):
+Training samples (``data.train_mode``); both modes train exactly the same (prefix, next) pairs, one
+per training item after the first (``items[start:t] -> items[t]``):
 
-* ``all_positions`` — one sample per user: the training sequence minus its last item as input, the
-  sequence shifted by one as targets, the loss at every real position. A causal model computes every
-  prefix once.
+* ``all_positions`` — a window of at most ``max_len`` inputs, the window shifted by one as targets,
+  the loss at every real position: a causal model computes every prefix of the window once. A user
+  whose training sequence is longer than ``max_len + 1`` gets several windows, ``data.window_stride``
+  apart (default ``max_len // 2``), each taking the loss only on targets no earlier window had, so
+  every pair is trained exactly once; such a pair's prefix is cut to at least
+  ``max_len - stride + 1`` items instead of ``max_len`` (stride 1 gives exactly the prefixes' inputs).
 * ``prefixes`` — RecBole's augmentation, what the paper ran: every prefix of a training sequence is a
-  sample predicting its next item (about L times more encoder work for the same (prefix, next) pairs).
+  sample predicting its next item, its newest ``max_len`` items as input (about L times more encoder
+  work for the same pairs).
 
 Loss: full-softmax cross-entropy over every item id (RecBole's "CE"; the padding id is a class, as
-there). Evaluation: full ranking over all items, the padding id excluded, history items *not*
-excluded unless ``data.mask_seen`` (then every history item but the target is), HR / NDCG / MRR @ each
-``k`` in ``data.ks``. **Ties are ranked pessimistically**: an item scoring exactly the target's score
-counts as ranked ahead of it. Everything is batched; no per-user Python loop.
+there). Evaluation: full ranking over all items, the padding id excluded, HR / NDCG / MRR @ each
+``k`` in ``data.ks`` (:mod:`ssmrec.metrics`), under one of two named protocols (``data.protocol``):
+
+* ``unmasked`` — RecBole's sequential full ranking (Mamba4Rec's tables): items of the user's history
+  stay rankable.
+* ``masked`` — every item of the user's **whole** history (not only the ``max_len`` the model reads)
+  is excluded, the protocol S3-Rec, FMLP-Rec, BSARec and WEARec report. A target that repeats an
+  earlier item of the history stays rankable (it is what is asked for); the FMLP-Rec / BSARec code
+  masks it too, so there such a user is a miss (``repeat_targets_*`` in the summary says how many).
+
+**Ties are ranked pessimistically**: an item scoring exactly the target's score counts as ranked
+ahead of it; non-finite scores rank worst (:mod:`ssmrec.metrics`). The popularity and oracle
+references follow the same protocol. Everything is batched; no per-user Python loop.
 """
 
 from __future__ import annotations
@@ -29,14 +44,17 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ssmrec.data.batch import TensorBatch
+from ssmrec.data.seq import LeaveOneOut, leave_one_out
 from ssmrec.errors import SsmrecError
+from ssmrec.metrics import exclude_items, rank_metrics, rank_of_target, warn_nonfinite
 from ssmrec.params import STRICT, Bool, NonNegInt, PosInt
 from ssmrec.tasks.base import Task
 
 SYNTH_PREFIX = "synth"
+PROTOCOLS = ("unmasked", "masked")
 
 
 class NextItemDataConfig(BaseModel):
@@ -47,7 +65,10 @@ class NextItemDataConfig(BaseModel):
     min_user: NonNegInt = 5  # iterative k-core filtering (0 = off)
     min_item: NonNegInt = 5
     train_mode: Literal["all_positions", "prefixes", "cloze"] = "all_positions"  # cloze: BERT4Rec
-    mask_seen: Bool = False
+    # all_positions: step between the windows of a history longer than max_len + 1 (default max_len // 2)
+    window_stride: PosInt | None = None
+    # evaluation (and so validation selection): history items rankable, or excluded (module docstring)
+    protocol: Literal[PROTOCOLS] = "unmasked"  # type: ignore[valid-type]
     # Group samples of similar length into batches (within chunks of 64 batches of the epoch's shuffle;
     # the batches' order is shuffled again). Same samples, far fewer padding tokens: most Amazon
     # histories are much shorter than max_len. RecBole does not do this; false = its plain shuffle.
@@ -64,6 +85,20 @@ class NextItemDataConfig(BaseModel):
     # item_emb.parquet of MicroLens titles), frozen, projected and added to / replacing the ID embedding.
     item_features: str | None = None
     item_feature_mode: Literal["add", "replace"] = "add"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_mask_seen(cls, d):
+        """``mask_seen`` (checkpoints and configs before the named protocols) -> ``protocol``."""
+        if isinstance(d, dict) and "mask_seen" in d:
+            d = dict(d)
+            old = d.pop("mask_seen")
+            if "protocol" not in d and isinstance(old, bool):
+                d["protocol"] = "masked" if old else "unmasked"
+        return d
+
+    def stride(self) -> int:
+        return self.window_stride or max(self.max_len // 2, 1)
 
 
 @dataclass
@@ -92,27 +127,32 @@ def windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, L: int) -> 
     return seq.astype(np.int64), n.astype(np.int64)
 
 
-def rank_of_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1-based rank of ``target`` in each row of ``scores``, ties counted pessimistically."""
-    t = scores.gather(1, target.view(-1, 1))
-    return (scores >= t).sum(1)
+def csr_pairs(items: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, item)`` for every item of every ``items[starts[r]:ends[r]]`` (vectorised)."""
+    n = ends - starts
+    rows = np.repeat(np.arange(len(starts)), n)
+    pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(starts, n)
+    return rows, items[pos]
 
 
-def _history_ids(batch: SeqBatch, scores: torch.Tensor) -> torch.Tensor:
-    """History item ids usable as score columns (a Cloze model's [MASK] id -> the padding column 0)."""
-    return batch.item_seq.masked_fill(batch.item_seq >= scores.shape[1], 0)
-
-
-def ranking_metrics(rank: torch.Tensor, ks) -> dict[str, torch.Tensor]:
-    """Per-user HR / NDCG / MRR @ k from 1-based ranks (sums over users are taken by the caller)."""
-    out = {}
-    r = rank.double()
-    for k in ks:
-        hit = (rank <= k).double()
-        out[f"hr@{k}"] = hit
-        out[f"ndcg@{k}"] = hit / torch.log2(r + 1.0)
-        out[f"mrr@{k}"] = hit / r
-    return out
+def all_position_windows(start: np.ndarray, end: np.ndarray, L: int, stride: int):
+    """``all_positions`` samples of the training sequences ``items[start:end]``: per window, inputs
+    ``items[a:b]`` (``b - a <= L``), targets ``items[a+1:b+1]``, the loss on targets ``t >= first``.
+    Every pair ``items[start:t] -> items[t]``, ``start < t < end``, is a loss target of exactly one
+    window; a history with more than ``L`` pairs gets windows ``stride`` apart, the last one ending at
+    the newest item. Returns ``(a, b, first)``; users with fewer than 2 items give no window."""
+    n_pairs = np.maximum(end - start - 1, 0)
+    extra = np.maximum(n_pairs - L, 0)
+    per_user = np.where(n_pairs > 0, 1 + -(-extra // stride), 0)
+    user = np.repeat(np.arange(len(start)), per_user)
+    k = np.arange(int(per_user.sum())) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    s, e = start[user], end[user]
+    last_a = e - 1 - L  # the window that ends at the newest item (only used when a user has > L pairs)
+    a = np.where(k == 0, s, np.minimum(s + k * stride, last_a))
+    prev_a = np.where(k == 0, s, np.minimum(s + (k - 1) * stride, last_a))
+    b = np.minimum(a + L, e - 1)
+    first = np.where(k == 0, s + 1, prev_a + L + 1)
+    return a, b, first
 
 
 @dataclass
@@ -129,11 +169,17 @@ class SeqSplitData:
     def n_users(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def split(self) -> LeaveOneOut:
+        if getattr(self, "_split", None) is None:
+            self._split = leave_one_out(self.offsets)
+            if self._split.n_users != self.n_users:
+                raise SsmrecError(f"{self.name}: every user needs >= 3 interactions for leave-one-out")
+        return self._split
+
     def bounds(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(history start, history end, target index) of every user for ``valid`` / ``test``."""
-        start, end = self.offsets[:-1], self.offsets[1:]
-        cut = {"valid": end - 2, "test": end - 1}[split]
-        return start, cut, cut
+        return self.split.history_and_target(split)
 
 
 def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
@@ -154,15 +200,12 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
         user_raw, item_raw = ds.user_raw, ds.item_raw
     if cfg.source.startswith(SYNTH_PREFIX):
         user_raw, item_raw = np.arange(len(offsets) - 1).astype(str), np.arange(n_items).astype(str)
-    lengths = np.diff(offsets)
-    keep = lengths >= 3
-    user_raw = user_raw[keep]
-    if not keep.all():  # users too short for leave-one-out (none after 5-core filtering)
-        starts = offsets[:-1][keep]
-        lengths = lengths[keep]
-        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
-        items = items[idx]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    kept = leave_one_out(offsets)
+    user_raw = user_raw[kept.users]
+    if kept.n_users < len(offsets) - 1:  # users too short for leave-one-out (none after 5-core filtering)
+        starts, ends = offsets[:-1][kept.users], offsets[1:][kept.users]
+        items = csr_pairs(items, starts, ends)[1]
+        offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
     if len(offsets) < 2:
         raise SsmrecError(f"data.source {cfg.source}: no user has the 3 interactions leave-one-out needs")
     return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P, user_raw, item_raw)
@@ -213,7 +256,6 @@ class NextItemTask(Task):
     DataConfig = NextItemDataConfig
     monitor = ("ndcg@10", "max")
     metric_names = tuple(f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg", "mrr"))
-    higher_is_better = frozenset(metric_names)
     primary_loss = "ce"
 
     def __init__(self, cfg, data: SeqSplitData | None = None):
@@ -224,14 +266,17 @@ class NextItemTask(Task):
         self._features: torch.Tensor | None = None
 
     @classmethod
+    def monitor_names(cls, cfg) -> tuple[str, ...]:
+        return tuple(f"{m}@{k}" for k in cfg.data.ks for m in ("hr", "ndcg", "mrr"))
+
+    @classmethod
     def check_config(cls, cfg, source: str) -> None:
         from ssmrec.errors import ConfigError
 
         mon = cfg.train.monitor
-        allowed = tuple(f"{m}@{k}" for k in cfg.data.ks for m in ("hr", "ndcg", "mrr"))
-        if mon is not None and mon not in allowed:
-            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(allowed)} for task "
-                              f"'next_item' (data.ks = {cfg.data.ks}), got {mon!r}")
+        if mon is not None and mon not in cls.monitor_names(cfg):
+            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(cls.monitor_names(cfg))} for "
+                              f"task 'next_item' (data.ks = {cfg.data.ks}), got {mon!r}")
         if mon is None and 10 not in cfg.data.ks:
             raise ConfigError(f"{source}: data.ks must contain 10 (the default monitor is ndcg@10) or set "
                               f"train.monitor, got ks = {cfg.data.ks}")
@@ -246,18 +291,19 @@ class NextItemTask(Task):
         if model_len is not None and model_len < cfg.data.max_len:
             raise ConfigError(f"{source}: model_params.max_len ({model_len}) must be >= data.max_len "
                               f"({cfg.data.max_len})")
+        if cfg.data.window_stride is not None and cfg.data.window_stride > cfg.data.max_len:
+            raise ConfigError(f"{source}: data.window_stride ({cfg.data.window_stride}) must be <= data.max_len "
+                              f"({cfg.data.max_len}), or every pair would not be trained")
 
     # ------------------------------------------------------------------ data module
     def setup(self, splits=("train", "valid")) -> None:
         if self.data is None:
             self.data = load_split_data(self.cfg.data)
         d, L = self.data, self.cfg.data.max_len
-        start, end = d.offsets[:-1], d.offsets[1:]
-        train_end = end - 2  # the training sequence of each user: [start, end - 2)
+        start, train_end = d.split.start, d.split.train_end  # training never reads items[train_end:]
         mode = self.cfg.data.train_mode
-        if mode == "all_positions":
-            users = np.flatnonzero(train_end - start >= 2)
-            self._samples = ("all_positions", start[users], train_end[users])
+        if mode == "all_positions":  # windows (a, b, first): inputs items[a:b], loss on targets >= first
+            self._samples = ("all_positions", *all_position_windows(start, train_end, L, self.cfg.data.stride()))
         elif mode == "cloze":  # one sample per user: its training sequence, random positions masked
             users = np.flatnonzero(train_end - start >= 1)
             self._samples = ("cloze", start[users], train_end[users])
@@ -291,12 +337,27 @@ class NextItemTask(Task):
         return len(self._samples[1])
 
     def sample_lengths(self) -> np.ndarray:
-        mode, starts, ends = self._samples
-        return np.minimum(ends - starts - (1 if mode == "all_positions" else 0), self._L)
+        """Input tokens of each training sample (what a batch is padded to)."""
+        mode, starts, ends = self._samples[:3]
+        return np.minimum(ends - starts, self._L)
+
+    def sample_pairs(self) -> np.ndarray:
+        """(prefix, next) pairs each training sample takes the loss on (cloze: tokens that may be masked)."""
+        if self._samples[0] == "all_positions":
+            _, a, b, first = self._samples
+            return b - first + 1
+        if self._samples[0] == "prefixes":
+            return np.ones(len(self._samples[1]), dtype=np.int64)
+        return self.sample_lengths()
+
+    def train_pairs(self) -> int:
+        """Pairs one epoch trains: the same number in all_positions and prefixes (one per training item
+        after a user's first); cloze: the tokens its masks are drawn from."""
+        return int(self.sample_pairs().sum())
 
     def arrange_epoch(self, order: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
         if self._samples[0] == "all_positions":
-            self._pairs_per_batch = float(self.sample_lengths().mean()) * min(batch_size, len(order))
+            self._pairs_per_batch = float(self.sample_pairs().mean()) * min(batch_size, len(order))
         if not self.cfg.data.bucket_by_length or len(order) <= batch_size:
             return order
         o = order.numpy()
@@ -309,12 +370,14 @@ class NextItemTask(Task):
         return torch.from_numpy(sorted_o[idx])
 
     def train_batch(self, idx: torch.Tensor) -> SeqBatch:
-        mode, starts, ends = self._samples
+        mode, starts, ends = self._samples[:3]
         i = idx.numpy()
         items = self.data.items
         if mode == "all_positions":
-            seq, n = windows(items, starts[i], ends[i] - 1, self._L)
-            tgt, _ = windows(items, starts[i] + 1, ends[i], self._L)
+            a, b, first = starts[i], ends[i], self._samples[3][i]
+            seq, n = windows(items, a, b, self._L)  # b - a <= L: exactly items[a:b]
+            tgt, _ = windows(items, a + 1, b + 1, self._L)
+            tgt[np.arange(self._L)[None, :] < (first - a - 1)[:, None]] = 0  # targets an earlier window had
             width = int(n.max())  # trim the batch to its longest sequence
             return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n),
                             torch.from_numpy(tgt[:, :width]))
@@ -349,6 +412,16 @@ class NextItemTask(Task):
             n = n + 1
         return SeqBatch(torch.from_numpy(seq[:, :int(n.max())]), torch.from_numpy(n), target)
 
+    def exclude_history(self, scores: torch.Tensor, start, end, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` (rows = users ``start[r]:end[r]``) with every item of each user's whole history
+        ``items[start:end]`` set to -inf (in place), except ``keep[r]`` (the target); column 0 (padding)
+        too."""
+        rows, cols = csr_pairs(self.data.items, np.asarray(start), np.asarray(end))
+        exclude_items(scores, torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device),
+                      keep)
+        scores[:, 0] = float("-inf")
+        return scores
+
     # ------------------------------------------------------------------ model, loss, metrics
     def build_model(self, artifacts=None, feature_map=None):
         from ssmrec.registry import get_model
@@ -369,64 +442,94 @@ class NextItemTask(Task):
             return {"ce": ce, "loss": ce_sum / self._pairs_per_batch}
         return {"ce": ce, "loss": ce}
 
+    def _ranks(self, scores: torch.Tensor, start, end, target: torch.Tensor, protocol: str | None) -> torch.Tensor:
+        """Ranks of ``target`` under ``protocol`` (default: the configured one); ``scores`` is modified
+        in place."""
+        scores[:, 0] = float("-inf")
+        if (protocol or self.cfg.data.protocol) == "masked":
+            self.exclude_history(scores, start, end, keep=target)
+        return rank_of_target(scores, target)
+
     @torch.no_grad()
-    def evaluate(self, model, split: str = "valid", batch_size: int = 4096, device="cpu", progress=False) -> dict:
+    def evaluate(self, model, split: str = "valid", batch_size: int = 4096, device="cpu", progress=False,
+                 protocol: str | None = None) -> dict:
+        """Metrics on ``split`` under ``protocol`` (default ``data.protocol``, what early stopping uses)."""
         model.eval()
         ks = self.cfg.data.ks
         sums: dict[str, float] = {}
-        n, t0 = 0, time.perf_counter()
-        for batch in self.eval_batches(split, batch_size):
+        n, bad, t0 = 0, 0, time.perf_counter()
+        start, end, _ = self.data.bounds(split)
+        for a, batch in zip(range(0, len(start), batch_size), self.eval_batches(split, batch_size)):
             batch = batch.to(device)
+            sl = slice(a, a + len(batch))
             scores = model(batch.replace(target=None))["logits"]
-            scores[:, 0] = float("-inf")
-            if self.cfg.data.mask_seen:
-                seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, _history_ids(batch, scores), True)
-                seen[:, 0] = False
-                seen.scatter_(1, batch.target.view(-1, 1), False)  # a repeat of the target stays rankable
-                scores = scores.masked_fill(seen, float("-inf"))
-            for k, v in ranking_metrics(rank_of_target(scores, batch.target), ks).items():
+            bad += int((~torch.isfinite(scores.gather(1, batch.target.view(-1, 1)))).sum())
+            for k, v in rank_metrics(self._ranks(scores, start[sl], end[sl], batch.target, protocol), ks).items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
             n += len(batch)
+        warn_nonfinite(bad, n, f"{split} users")
         m = {k: v / max(n, 1) for k, v in sums.items()}
         m["infer_ms_per_4096_users"] = 1000.0 * (time.perf_counter() - t0) / max(n, 1) * 4096
         if self.data.P is not None:
-            m["oracle_ndcg@10"] = self.oracle(split)["ndcg@10"]
+            m["oracle_ndcg@10"] = self.oracle(split, protocol)["ndcg@10"]
         return m
 
-    def oracle(self, split: str) -> dict:
-        """Metrics of the true next-item distribution (synthetic worlds only)."""
+    def oracle(self, split: str, protocol: str | None = None) -> dict:
+        """Metrics of the true next-item distribution (synthetic worlds only), under the protocol."""
         start, end, target = self.data.bounds(split)
         last = self.data.items[end - 1]
         scores = torch.from_numpy(self.data.P[last])
-        scores[:, 0] = float("-inf")
-        rank = rank_of_target(scores, torch.from_numpy(self.data.items[target]))
-        return {k: float(v.mean()) for k, v in ranking_metrics(rank, self.cfg.data.ks).items()}
+        rank = self._ranks(scores, start, end, torch.from_numpy(self.data.items[target]), protocol)
+        return {k: float(v.mean()) for k, v in rank_metrics(rank, self.cfg.data.ks).items()}
+
+    def repeat_targets(self, split: str) -> int:
+        """Users whose target already occurs in their history (rankable under both protocols)."""
+        start, end, target = self.data.bounds(split)
+        rows, cols = csr_pairs(self.data.items, start, end)
+        return int(len(np.unique(rows[cols == self.data.items[target][rows]])))
 
     def summary_extras(self, model=None, device="cpu") -> dict:
-        """Test metrics of the final (best) weights, and the oracle / popularity references."""
-        out = {}
-        if model is not None:
-            test = self.evaluate(model, "test", self.cfg.train.eval_batch_size, device)
-            out.update({f"test_{k}": v for k, v in test.items() if "@" in k and not k.startswith("oracle")})
-        out["popularity_ndcg@10_test"] = self.popularity("test")["ndcg@10"]
-        start, end = self.data.offsets[:-1], self.data.offsets[1:]
-        out["train_pairs"] = int(np.maximum(end - 2 - start - 1, 0).sum())  # (prefix, next) pairs per epoch
+        """Test metrics of the final (best) weights and the oracle / popularity references: ``test_*``
+        under the configured protocol (the one validation selected with), and ``test_<protocol>_*``
+        under each of the two."""
+        protocol = self.cfg.data.protocol
+        out = {"protocol": protocol}
+        for p in PROTOCOLS:
+            if model is not None:
+                test = self.evaluate(model, "test", self.cfg.train.eval_batch_size, device, protocol=p)
+                metrics = {k: v for k, v in test.items() if "@" in k and not k.startswith("oracle")}
+                out.update({f"test_{p}_{k}": v for k, v in metrics.items()})
+                if p == protocol:
+                    out.update({f"test_{k}": v for k, v in metrics.items()})
+            out[f"popularity_{p}_ndcg@10_test"] = self.popularity("test", p)["ndcg@10"]
+            if self.data.P is not None:
+                out[f"oracle_{p}_ndcg@10_test"] = self.oracle("test", p)["ndcg@10"]
+        out["popularity_ndcg@10_test"] = out[f"popularity_{protocol}_ndcg@10_test"]
         if self.data.P is not None:
-            out["oracle_ndcg@10_test"] = self.oracle("test")["ndcg@10"]
+            out["oracle_ndcg@10_test"] = out[f"oracle_{protocol}_ndcg@10_test"]
+        out["train_pairs"] = self.train_pairs()  # (prefix, next) pairs per epoch, as trained
+        out["repeat_targets_test"] = self.repeat_targets("test")
         return out
 
-    def popularity(self, split: str) -> dict:
-        """A non-personalised baseline: items ranked by their count in the training sequences."""
+    def popularity(self, split: str, protocol: str | None = None) -> dict:
+        """A non-personalised baseline under the protocol: items ranked by their count in the training
+        sequences (ties pessimistic); ``masked`` excludes each user's history items but the target."""
         start, end, target = self.data.bounds(split)
         d = self.data
-        train_mask = np.ones(len(d.items), dtype=bool)
-        train_mask[d.offsets[1:] - 1] = False
-        train_mask[d.offsets[1:] - 2] = False
-        counts = np.bincount(d.items[train_mask], minlength=d.n_items)[1:]  # padding excluded
-        # Pessimistic rank without an (users x items) matrix: items counted at least as often as the target.
-        ordered = np.sort(counts)
-        rank = len(counts) - np.searchsorted(ordered, counts[d.items[target] - 1], side="left")
-        return {k: float(v.mean()) for k, v in ranking_metrics(torch.from_numpy(rank), self.cfg.data.ks).items()}
+        train_rows, train_items = csr_pairs(d.items, d.split.start, d.split.train_end)
+        counts = np.bincount(train_items, minlength=d.n_items)
+        counts[0] = -1  # the padding id is never ranked
+        tgt = d.items[target]
+        # Pessimistic rank without a (users x items) matrix: items counted at least as often as the target.
+        ordered = np.sort(counts[1:])
+        rank = len(ordered) - np.searchsorted(ordered, counts[tgt], side="left")
+        if (protocol or self.cfg.data.protocol) == "masked":  # minus the distinct history items (not the target) ranked ahead
+            rows, cols = csr_pairs(d.items, start, end)
+            key = np.unique(rows * d.n_items + cols)
+            rows, cols = key // d.n_items, key % d.n_items
+            ahead = (cols != tgt[rows]) & (counts[cols] >= counts[tgt[rows]])
+            rank = rank - np.bincount(rows[ahead], minlength=len(tgt))
+        return {k: float(v.mean()) for k, v in rank_metrics(torch.from_numpy(rank), self.cfg.data.ks).items()}
 
     def plot_keys(self):
         return "ndcg@10", []
@@ -434,7 +537,8 @@ class NextItemTask(Task):
     @torch.no_grad()
     def recommend(self, model, k: int, batch_size: int = 4096, exclude_seen: bool = False, device="cpu"):
         """Top-``k`` next items for every user after their *whole* known sequence (valid and test items
-        included): ``(user_raw, item_raw (N, k), scores (N, k))``, best first."""
+        included): ``(user_raw, item_raw (N, k), scores (N, k))``, best first. ``exclude_seen`` removes
+        every item of the whole sequence, not only the ``max_len`` the model reads."""
         model.eval()
         d = self.data
         start, end = d.offsets[:-1], d.offsets[1:]
@@ -443,11 +547,10 @@ class NextItemTask(Task):
         for a in range(0, d.n_users, batch_size):
             sl = slice(a, a + batch_size)
             batch = self.history_batch(start[sl], end[sl], self.cfg.data.train_mode == "cloze").to(device)
-            scores = model(batch)["logits"]
+            scores = model(batch)["logits"][:, :d.n_items]
             scores[:, 0] = float("-inf")
             if exclude_seen:
-                scores = scores.scatter(1, _history_ids(batch, scores), float("-inf"))
-                scores[:, 0] = float("-inf")
+                self.exclude_history(scores, start[sl], end[sl])
             s, i = scores.topk(k, dim=1)
             top_i.append(i.cpu().numpy())
             top_s.append(s.cpu().numpy())

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from ssmrec.data.tabular import TowerData
 from ssmrec.errors import SsmrecError
 from ssmrec.index import INDEX_KINDS, build_index
+from ssmrec.metrics import relevance_metrics
 from ssmrec.models.tower.ft import PairBatch
 from ssmrec.params import STRICT, NonNegInt, PosFloat, PosInt, UnitFloat
 from ssmrec.tasks.base import Task
@@ -65,40 +66,11 @@ class RetrievalDataConfig(BaseModel):
     noise: PosFloat = 0.1
 
 
-def ranking_metrics(scores: torch.Tensor, rel: torch.Tensor, ks) -> dict[str, torch.Tensor]:
-    """Per-user P / R / MRR / HR @ each k and MAP@12 from ``scores`` (U, I) and ``rel`` (U, I) bool.
-    Ties are broken pessimistically (irrelevant first); users without a relevant item get NaN."""
-    kmax = min(max(max(ks), 12), scores.shape[1])
-    pre = torch.argsort(rel.to(torch.int8), dim=1, stable=True)  # irrelevant items first ...
-    order = torch.argsort(scores.gather(1, pre), dim=1, descending=True, stable=True)  # ... within ties
-    top = pre.gather(1, order[:, :kmax])
-    hits = rel.gather(1, top).double()  # (U, kmax) relevance of the ranked list
-    n_rel = rel.sum(1).double()
-    valid = n_rel > 0
-    cum = hits.cumsum(1)
-    pos = torch.arange(1, kmax + 1, dtype=torch.float64)
-    first = torch.where(hits.any(1), hits.argmax(1).double() + 1, torch.full_like(n_rel, float("inf")))
-    out = {}
-    nan = torch.full_like(n_rel, float("nan"))
-    for k in ks:
-        kk = min(k, kmax)
-        h = cum[:, kk - 1]
-        out[f"p@{k}"] = torch.where(valid, h / k, nan)
-        out[f"r@{k}"] = torch.where(valid, h / n_rel.clamp_min(1), nan)
-        out[f"mrr@{k}"] = torch.where(valid, torch.where(first <= k, 1.0 / first, 0.0), nan)
-        out[f"hr@{k}"] = torch.where(valid, (h > 0).double(), nan)
-    k12 = min(12, kmax)
-    ap = (cum[:, :k12] / pos[:k12] * hits[:, :k12]).sum(1) / n_rel.clamp(1, 12)
-    out["map@12"] = torch.where(valid, ap, nan)
-    return out
-
-
 class RetrievalTask(Task):
     name = "retrieval"
     DataConfig = RetrievalDataConfig
     monitor = ("mse", "min")
     metric_names = ("mse", "logloss")
-    higher_is_better = frozenset()
 
     def __init__(self, cfg, data: TowerData | None = None):
         super().__init__(cfg)
@@ -116,9 +88,8 @@ class RetrievalTask(Task):
             raise ConfigError(f"{source}: data.n_messages ({d.n_messages}) must be >= data.k_clusters "
                               f"({d.k_clusters}) for k-means on the messages")
 
-    def monitor_spec(self):
-        mon = self.cfg.train.monitor or ("logloss" if self.cfg.data.loss == "bce" else "mse")
-        return mon, "min"
+    def default_monitor(self) -> str:
+        return "logloss" if self.cfg.data.loss == "bce" else "mse"
 
     # ------------------------------------------------------------------ data module
     def setup(self, splits=("train", "valid")) -> None:
@@ -217,7 +188,7 @@ class RetrievalTask(Task):
         for a in range(0, len(users), batch_size):
             sl = slice(a, min(a + batch_size, len(users)))
             u = model.encode_users(*self.data.users.rows(users[sl]))
-            m = ranking_metrics(u @ items.T, self.data.relevance_matrix(sl), self.cfg.data.ks)
+            m = relevance_metrics(u @ items.T, self.data.relevance_matrix(sl), self.cfg.data.ks)
             valid = ~torch.isnan(m["map@12"])
             counted += int(valid.sum())
             for k, v in m.items():

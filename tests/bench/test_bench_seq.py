@@ -12,15 +12,23 @@ def test_bench_seq_toy_run(tmp_path):
     out = tmp_path / "b"
     r = run_cli("bench", "seq", "--data", "synth", "--models", "mamba4rec,sasrec", "--mode", "both", "--epochs", "1",
                 "--threads", "1", "--out", out, "--set", "data.source=synth-tiny", "--set", "data.max_len=20",
-                "--set", "model_params={hidden_size: 16, max_len: 20}", "--prefix-batch-size", "512")
+                "--set", "model_params={hidden_size: 16, max_len: 20}", "--prefix-batch-size", "512",
+                "--protocol", "masked")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     recs = {(x["model"], x["mode"]): x for x in res["records"]}
     assert set(recs) == {(m, mode) for m in ("mamba4rec", "sasrec") for mode in ("all_positions", "prefixes")}
     for x in recs.values():
         assert x["status"] == "ok" and 0 <= x["ndcg@10"] <= 1 and x["peak_rss_mb"] > 50 and x["pairs_per_s"] > 0
+        assert x["protocol"] == "masked" and x["ndcg@10"] == x["masked_ndcg@10"]
+        # masking only removes competitors of the target: never a lower hit rate for the same weights
+        assert x["masked_hr@10"] >= x["unmasked_hr@10"]
+    # both modes train the same pairs, so the same pairs/s would mean the same time per epoch
+    summaries = {m: json.loads((out / "runs" / f"mamba4rec-{m}" / "summary.json").read_text())
+                 for m in ("all_positions", "prefixes")}
+    assert summaries["all_positions"]["train_pairs"] == summaries["prefixes"]["train_pairs"]
     md = (out / "results.md").read_text()
-    assert "Oracle test NDCG@10" in md and "mamba4rec" in md
+    assert "Oracle test NDCG@10" in md and "mamba4rec" in md and "NDCG@10 masked" in md
     assert (out / "results.png").stat().st_size > 1000
 
 

@@ -175,18 +175,43 @@ def test_leave_one_out_hand_case():
     items = np.arange(1, 10)
     ds = from_interactions(users, items, min_user=0, min_item=0)
     assert ds.items.tolist() == list(range(1, 10))  # dense 1-based ids keep their numbers
-    sp = leave_one_out(ds)
-    assert sp.users.tolist() == [0, 2] and sp.n_users == 2 and sp.n_items == 10
-    assert sp.train_offsets.tolist() == [0, 2, 3]
-    assert sp.train_items.tolist() == [1, 2, 7]
-    assert sp.valid_target.tolist() == [3, 8]
-    assert sp.test_target.tolist() == [4, 9]
-    off, its = sp.valid_history()
-    assert off.tolist() == [0, 2, 3] and its.tolist() == [1, 2, 7]
-    off, its = sp.test_history()
-    assert off.tolist() == [0, 3, 5] and its.tolist() == [1, 2, 3, 7, 8]
-    for a in (sp.users, sp.train_offsets, sp.train_items, sp.valid_target, sp.test_target):
+    sp = leave_one_out(ds.offsets)
+    assert sp.users.tolist() == [0, 2] and sp.n_users == 2
+    assert sp.start.tolist() == [0, 6] and sp.train_end.tolist() == [2, 7]
+    assert [ds.items[a:b].tolist() for a, b in zip(sp.start, sp.train_end)] == [[1, 2], [7]]
+    assert ds.items[sp.valid].tolist() == [3, 8] and ds.items[sp.test].tolist() == [4, 9]
+    start, end, target = sp.history_and_target("valid")
+    assert [ds.items[a:b].tolist() for a, b in zip(start, end)] == [[1, 2], [7]]
+    assert (target == sp.valid).all()
+    start, end, target = sp.history_and_target("test")
+    assert [ds.items[a:b].tolist() for a, b in zip(start, end)] == [[1, 2, 3], [7, 8]]
+    assert ds.items[target].tolist() == [4, 9]
+    for a in (sp.users, sp.start, sp.train_end, sp.valid, sp.test):
         assert a.dtype == np.int64
+
+
+def test_the_next_item_task_uses_this_leave_one_out(tmp_path):
+    """The pipeline's split is leave_one_out's: the task's evaluation targets are its valid / test
+    items, and users too short for it are dropped the same way."""
+    from ssmrec.config import from_dict
+    from ssmrec.tasks.next_item import NextItemTask, SeqSplitData, load_split_data
+
+    cfg = {"task": "next_item", "model": "mamba4rec"}
+    task = NextItemTask(from_dict({**cfg, "data": {"max_len": 5}}),
+                        SeqSplitData("t", 10, np.array([0, 4, 7]), np.array([1, 2, 3, 4, 7, 8, 9])))
+    task.setup()
+    sp = leave_one_out(np.array([0, 4, 7]))
+    for split, idx in (("valid", sp.valid), ("test", sp.test)):
+        batch = next(task.eval_batches(split, 8))
+        assert batch.target.tolist() == task.data.items[idx].tolist()
+        assert batch.target.tolist() == ([3, 8] if split == "valid" else [4, 9])
+    assert task.data.bounds("test")[1].tolist() == sp.test.tolist()
+    # A source with a too-short user: load_split_data keeps leave_one_out's users.
+    path = tmp_path / "x.txt"  # S3-Rec layout: user 1 has 4 items, user 2 two (dropped), user 3 three
+    path.write_text("1 1 2 3 4\n2 5 6\n3 7 8 9\n")
+    d = load_split_data(from_dict({**cfg, "data": {"source": str(path), "min_user": 0, "min_item": 0}}).data)
+    assert d.user_raw.tolist() == ["1", "3"] and d.offsets.tolist() == [0, 4, 7]
+    assert d.items.tolist() == [1, 2, 3, 4, 7, 8, 9]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,8 +498,8 @@ def test_real_amazon_beauty():
     # Already 5-core and dense: ids keep their numbers; the first line is "1 1 2 3 4 5".
     assert (ds.item_raw[1:] == np.arange(1, 12102).astype(str)).all()
     assert ds.seq(0).tolist() == [1, 2, 3, 4, 5] and ds.user_raw[0] == "1"
-    sp = leave_one_out(ds)
-    assert sp.n_users == 22363 and sp.train_items.shape[0] == 198502 - 2 * 22363
+    sp = leave_one_out(ds.offsets)
+    assert sp.n_users == 22363 and int((sp.train_end - sp.start).sum()) == 198502 - 2 * 22363
 
 
 @needs_shared

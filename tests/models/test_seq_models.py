@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ssmrec.config import from_dict
-from ssmrec.tasks.next_item import (NextItemTask, SeqBatch, SeqSplitData, rank_of_target, ranking_metrics,
-                                    windows)
+from ssmrec.metrics import rank_metrics, rank_of_target
+from ssmrec.tasks.next_item import NextItemTask, SeqBatch, SeqSplitData, windows
 
 SMALL = {"mamba4rec": {"hidden_size": 16, "d_state": 8, "dropout": 0.0},
          "bert4rec": {"hidden_size": 16, "inner_size": 32, "dropout": 0.0, "max_len": 20},
@@ -35,7 +35,7 @@ def test_metrics_on_a_hand_computed_ranking():
                            [-9.0, 0.0, 0.1, 0.2, 0.3]])  # target 1: rank 4 (the padding column scores lowest)
     rank = rank_of_target(scores, torch.tensor([4, 2, 1]))
     assert rank.tolist() == [2, 3, 4]
-    m = {k: v.tolist() for k, v in ranking_metrics(rank, [1, 3]).items()}
+    m = {k: v.tolist() for k, v in rank_metrics(rank, [1, 3]).items()}
     assert m["hr@1"] == [0, 0, 0] and m["hr@3"] == [1, 1, 0]
     assert m["ndcg@3"] == pytest.approx([1 / math.log2(3), 1 / math.log2(4), 0])
     assert m["mrr@3"] == pytest.approx([1 / 2, 1 / 3, 0])
@@ -136,13 +136,134 @@ def test_mamba4rec_ablation_switches_build_and_run(switch, check):
     assert out["logits"].shape == (1, 30) and torch.isfinite(out["logits"]).all()
 
 
-def test_mask_seen_excludes_history_but_not_a_repeated_target():
-    task = _toy_task("all_positions")
-    task.cfg.data.mask_seen = True
+class FixedScores(torch.nn.Module):
+    """A "model" scoring every user alike: item ids 1..7 -> SCORES (hand-built rankings)."""
+
+    def forward(self, batch):
+        return {"logits": FIXED.expand(len(batch), -1).clone()}
+
+
+#                       0     1    2    3    4    5    6    7
+FIXED = torch.tensor([[0.0, 0.5, 0.4, 0.3, 0.2, 0.9, 0.8, 0.35]])
+# max_len 3. u0 reads only its newest 3 history items (2 3 4): item 5, its best-scored, lies outside
+# the window. u1's test target 7 repeats a history item. u2 is plain.
+MASK_USERS = [[5, 1, 2, 3, 4, 6], [5, 7, 1, 7], [2, 4, 6]]
+# Test ranks by hand. unmasked: u0 {5, 6} -> 2; u1 {5, 6, 1, 2, 7} -> 5; u2 {5, 6} -> 2.
+# masked (whole history out, the target kept): u0 6 first -> 1; u1 {6, 2, 7} -> 3; u2 -> 2.
+# Masking only the window would give u0 rank 2; masking the target too would give u1 rank 8 (last).
+MASK_RANKS = {"unmasked": [2, 5, 2], "masked": [1, 3, 2]}
+
+
+def _mask_task(protocol):
+    lens = [len(u) for u in MASK_USERS]
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    d = SeqSplitData("masks", 8, offsets, np.concatenate(MASK_USERS), user_raw=np.array(["u0", "u1", "u2"]),
+                     item_raw=np.arange(8).astype(str))
+    task = NextItemTask(_cfg(protocol=protocol, max_len=3, ks=[1, 2, 3, 10]), d)
+    task.setup()
+    return task
+
+
+@pytest.mark.parametrize("protocol", ["unmasked", "masked"])
+def test_protocols_on_a_hand_built_score_matrix(protocol):
+    """Fails if masking is removed, limited to the max_len window, or applied to the target."""
+    m = _mask_task(protocol).evaluate(FixedScores(), "test", batch_size=2)  # 2 batches: row offsets matter
+    r = np.array(MASK_RANKS[protocol], dtype=float)
+    for k in (1, 2, 3, 10):
+        assert m[f"hr@{k}"] == pytest.approx(float(np.mean(r <= k)))
+        assert m[f"mrr@{k}"] == pytest.approx(float(np.mean((r <= k) / r)))
+        assert m[f"ndcg@{k}"] == pytest.approx(float(np.mean((r <= k) / np.log2(r + 1))))
+
+
+def test_the_popularity_reference_follows_the_protocol():
+    """Training counts (u0: 5 1 2 3, u1: 5 7, u2: 2): 5 -> 2, 2 -> 2, 1, 3, 7 -> 1, 4, 6 -> 0. Test
+    targets 6, 7, 6 (count 0, 1, 0): unmasked pessimistic ranks 7, 5, 7; masked: u0 loses its 5
+    history items (all counted >= 0) -> 2, u1 loses 5 and 1 -> 3, u2 loses 2 and 4 -> 5."""
+    for protocol, ranks in (("unmasked", [7, 5, 7]), ("masked", [2, 3, 5])):
+        got = _mask_task(protocol).popularity("test")
+        r = np.array(ranks, dtype=float)
+        assert got["mrr@10"] == pytest.approx(float(np.mean((r <= 10) / r))), protocol
+        assert got["hr@3"] == pytest.approx(float(np.mean(r <= 3))), protocol
+
+
+def test_the_oracle_follows_the_protocol():
+    """On the synthetic world, the masked oracle equals a per-user loop excluding the whole history."""
+    task = NextItemTask(_cfg(protocol="masked", max_len=5), None)
+    task.setup()
+    d = task.data
+    start, end, target = d.bounds("test")
+    ranks = []
+    for u in range(d.n_users):
+        s = d.P[d.items[end[u] - 1]].astype(np.float64).copy()
+        s[0] = -np.inf
+        t = d.items[target[u]]
+        for i in set(d.items[start[u]:end[u]].tolist()) - {t}:
+            s[i] = -np.inf
+        ranks.append(int((s >= s[t]).sum()))
+    assert task.oracle("test")["ndcg@10"] == pytest.approx(float(np.mean([(r <= 10) / math.log2(r + 1) for r in ranks])))
+    task.cfg.data.protocol = "unmasked"
+    assert task.oracle("test")["ndcg@10"] < float(np.mean([(r <= 10) / math.log2(r + 1) for r in ranks]))
+
+
+def test_recommend_exclude_seen_removes_the_whole_history():
+    task = _mask_task("unmasked")
+    users, items, scores = task.recommend(FixedScores(), k=7, exclude_seen=False)
+    assert items[0, 0] == "5"  # u0's best-scored item, seen long before its newest max_len items
+    users, items, scores = task.recommend(FixedScores(), k=7, exclude_seen=True)
+    for u, seq in enumerate(MASK_USERS):
+        shown = [i for i, s in zip(items[u], scores[u]) if np.isfinite(s)]
+        assert set(shown) == {str(i) for i in range(1, 8)} - {str(i) for i in seq}, u
+
+
+def _long_users_task(mode, L=4, **data):
+    # training sequences of 3, 11 and 23 items (valid + test targets after them), max_len 4
+    lens = [3 + 2, 11 + 2, 23 + 2]
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    items = np.arange(1, offsets[-1] + 1)  # every position its own id: pairs are identifiable
+    task = NextItemTask(_cfg(mode=mode, max_len=L, **data), SeqSplitData("long", int(items.max()) + 1, offsets, items))
+    task.setup()
+    return task
+
+
+@pytest.mark.parametrize("stride", [None, 1, 3, 4])
+def test_all_positions_trains_every_pair_of_long_users_exactly_once(stride):
+    a, p = _long_users_task("all_positions", window_stride=stride), _long_users_task("prefixes")
+    expected = (3 - 1) + (11 - 1) + (23 - 1)
+    assert a.train_pairs() == p.train_pairs() == p.num_train_samples() == expected
+    b = a.train_batch(torch.arange(a.num_train_samples()))
+    targets = b.target[b.target > 0].tolist()
+    assert sorted(targets) == sorted(p.train_batch(torch.arange(p.num_train_samples())).target.tolist())
+    assert len(set(targets)) == len(targets)  # each pair once
+    L, s = 4, stride or 2
+    offsets = a.data.offsets
+    for row in range(len(b)):
+        for j in range(int(b.lengths[row])):
+            t = int(b.target[row, j])
+            if t:  # ids are positions + 1: the prefix of target t is ids first_id .. t - 1
+                first_id = int(offsets[np.searchsorted(offsets, t - 1, side="right") - 1]) + 1
+                assert int(b.item_seq[row, j]) == t - 1 and int(b.item_seq[row, 0]) >= first_id
+                # the whole prefix while it fits in a window, else at least max_len - stride + 1 items
+                assert min(t - first_id, L - s + 1) <= j + 1 <= L
+
+
+def test_all_positions_with_stride_1_gives_the_prefixes_loss_on_long_users():
+    a = _long_users_task("all_positions", window_stride=1)
+    p = _long_users_task("prefixes")
     torch.manual_seed(0)
-    net = task.build_model()
-    m = task.evaluate(net, "test", 2)
-    assert set(m) >= {"hr@10", "ndcg@10", "mrr@10"} and 0 <= m["hr@10"] <= 1
+    net = a.build_model().eval()
+    with torch.no_grad():
+        ba = a.train_batch(torch.arange(a.num_train_samples()))
+        bp = p.train_batch(torch.arange(p.num_train_samples()))
+        torch.testing.assert_close(a.loss(net(ba), ba)["loss"], p.loss(net(bp), bp)["loss"], atol=1e-5, rtol=1e-5)
+
+
+def test_training_batches_never_read_the_valid_or_test_items():
+    for mode in ("all_positions", "prefixes"):
+        task = _long_users_task(mode)
+        held_out = set(task.data.items[task.data.split.valid].tolist()) | set(task.data.items[task.data.split.test].tolist())
+        b = task.train_batch(torch.arange(task.num_train_samples()))
+        assert not held_out & set(b.item_seq.flatten().tolist()), mode
+        assert not held_out & set(b.target.flatten().tolist()), mode
 
 
 @pytest.mark.slow
@@ -241,7 +362,7 @@ def test_bert4rec_cloze_batches_and_scoring():
     assert (ev.item_seq[torch.arange(len(ev)), ev.lengths - 1] == mask_id).all()  # [MASK] appended
     m = task.evaluate(net, "test", 8)
     assert 0 <= m["ndcg@10"] <= 1
-    task.cfg.data.mask_seen = True
+    task.cfg.data.protocol = "masked"
     assert 0 <= task.evaluate(net, "test", 8)["ndcg@10"] <= 1
 
 
@@ -310,7 +431,7 @@ def test_popularity_baseline_ranks_like_a_full_score_matrix():
     counts = np.bincount(d.items[train], minlength=d.n_items).astype(float)
     counts[0] = -np.inf
     scores = torch.from_numpy(np.tile(counts, (len(target), 1)))
-    expect = ranking_metrics(rank_of_target(scores, torch.from_numpy(d.items[target])), [5, 10, 20])
+    expect = rank_metrics(rank_of_target(scores, torch.from_numpy(d.items[target])), [5, 10, 20])
     got = task.popularity("test")
     for k, v in expect.items():
         assert got[k] == pytest.approx(float(v.mean()))

@@ -8,7 +8,7 @@ import torch
 
 from ssmrec.models.tower.ft import FTMamba, FTMambaConfig, FTTransformer, FTTransformerConfig, PairBatch
 from ssmrec.nn.tokenizer import FeatureTokenizer
-from ssmrec.tasks.retrieval import ranking_metrics
+from ssmrec.metrics import relevance_metrics
 
 SCHEMA = {"user": {"numeric": [f"g{j}" for j in range(20)], "cardinalities": []},
           "item": {"numeric": [], "cardinalities": [51]}}
@@ -72,7 +72,7 @@ def test_ranking_metrics_by_hand():
                            [0.1, 0.9, 0.8, 0.7, 0.6]])
     rel = torch.tensor([[False, True, False, True, False],
                         [True, False, False, False, False]])
-    m = ranking_metrics(scores, rel, [1, 2, 5])
+    m = relevance_metrics(scores, rel, [1, 2, 5])
     # user 0: ranked 0,1,2,3,4 -> hits at ranks 2 and 4 of 2 relevant
     assert m["p@1"][0] == 0 and m["p@2"][0] == 0.5 and m["p@5"][0] == pytest.approx(2 / 5)
     assert m["r@2"][0] == 0.5 and m["r@5"][0] == 1.0
@@ -86,7 +86,7 @@ def test_ranking_metrics_by_hand():
 def test_ranking_metrics_break_ties_pessimistically_and_skip_users_without_relevant_items():
     scores = torch.zeros(2, 6)  # a constant scorer (e.g. dead ReLU outputs)
     rel = torch.tensor([[True, False, False, False, False, False], [False] * 6])
-    m = ranking_metrics(scores, rel, [5])
+    m = relevance_metrics(scores, rel, [5])
     assert m["hr@5"][0] == 0 and m["mrr@5"][0] == 0  # the relevant item ranks after all 5 ties
     assert math.isnan(float(m["hr@5"][1]))
 

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from ssmrec.config import from_dict
 from ssmrec.train import checkpoint
-from ssmrec.train.metrics import gauc, logloss
+from ssmrec.metrics import gauc, logloss
 from ssmrec.train.trainer import Trainer, load_trained, predict_split
 from tests.conftest import run_cli
 
