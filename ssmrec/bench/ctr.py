@@ -209,7 +209,8 @@ def worker(spec_path, result_path) -> int:
         import torch
 
         from ssmrec.config import from_dict
-        from ssmrec.train.trainer import Trainer, predict_split
+        from ssmrec.tasks.ctr import predict_split
+        from ssmrec.train.trainer import Trainer
 
         cfg = from_dict(spec["run_config"], source=spec["config_path"])
         trainer = Trainer(cfg)

@@ -42,16 +42,12 @@ from ssmrec.io import save_figure_atomic, write_text_atomic
 from ssmrec.nn.mamba import prepare_kernels
 from ssmrec.nn.sync_batchnorm import convert_sync_batchnorm
 from ssmrec.tasks import make_task
-from ssmrec.tasks.ctr import evaluate_split as evaluate
-from ssmrec.tasks.ctr import popularity_auc, predict_split
 from ssmrec.train import checkpoint
 from ssmrec.train.optim import l2_regularization, make_optimizer
 from ssmrec.train.rundir import RunDir
 
 
-__all__ = ["Trainer", "load_model", "load_trained", "init_distributed", "resolved_config", "plot_curves",
-           # CTR helpers, importable from here as before the task split
-           "evaluate", "popularity_auc", "predict_split"]
+__all__ = ["Trainer", "load_model", "load_trained", "init_distributed", "resolved_config", "plot_curves"]
 
 
 def _dist_info():

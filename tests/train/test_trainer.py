@@ -15,9 +15,9 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from ssmrec.config import from_dict
-from ssmrec.train import checkpoint
 from ssmrec.metrics import gauc, logloss
-from ssmrec.train.trainer import Trainer, load_trained, predict_split
+from ssmrec.tasks.ctr import predict_split
+from ssmrec.train.trainer import Trainer, load_trained
 from tests.conftest import run_cli
 
 
