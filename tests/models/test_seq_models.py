@@ -315,7 +315,13 @@ def test_train_then_evaluate_a_next_item_checkpoint_through_the_cli(tmp_path):
     r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "test")
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout.strip().splitlines()[-1])
-    assert m["ndcg@10"] == pytest.approx(summary["test_ndcg@10"], abs=1e-9)
+    assert m["ndcg@10"] == pytest.approx(summary["test_ndcg@10"], abs=1e-9) and m["protocol"] == "unmasked"
+    assert summary["test_ndcg@10"] == summary["test_unmasked_ndcg@10"]
+    r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "test", "--protocol", "masked")
+    assert r.returncode == 0, r.stderr[-2000:]
+    masked = json.loads(r.stdout.strip().splitlines()[-1])
+    assert masked["protocol"] == "masked" and masked["ndcg@10"] == pytest.approx(summary["test_masked_ndcg@10"], abs=1e-9)
+    assert masked["hr@10"] >= m["hr@10"]  # masking only removes the target's competitors
     r = run_cli("evaluate", "--checkpoint", tmp_path / "r" / "best.pt", "--split", "train")
     assert r.returncode == 2 and "--split must be one of valid, test" in r.stderr
 
