@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-portable install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,18 @@ test: $(STAMP)
 # installs, long trainings). CI runs `make test`, which includes the slow tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The equivalence tests (marker `equivalence`: two code paths compared in one process -- fused kernel vs
+# reference scan, step vs forward, serving vs offline, DDP vs 1 process, trainer vs reference loop) under
+# other numerics than a plain run's: once with the pure-PyTorch scans (SSMREC_SCAN_IMPL=ref), once with
+# torch's non-vectorised CPU kernels (ATEN_CPU_CAPABILITY=default: other rounding, as on another CPU). A
+# test that passes only with this machine's rounding fails here. Both runs always happen; either failing,
+# or collecting no test (pytest exit 5), fails the target.
+test-portable: $(STAMP)
+	@rc=0; \
+	echo "== SSMREC_SCAN_IMPL=ref"; SSMREC_SCAN_IMPL=ref $(BIN)/python -m pytest -q -m equivalence tests || rc=$$?; \
+	echo "== ATEN_CPU_CAPABILITY=default"; ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m equivalence tests || rc=$$?; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

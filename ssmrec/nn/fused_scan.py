@@ -36,7 +36,7 @@ from torch import Tensor
 from .scan import _compute_dtype
 
 __all__ = ["causal_conv1d_silu", "gated_rmsnorm", "fused_available", "fused_unavailable_reason", "load_extension",
-           "scan_channel_last", "selective_scan_fused", "ssd_scan_fused"]
+           "ninja_on_path", "scan_channel_last", "selective_scan_fused", "ssd_scan_fused"]
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 _EXT_NAME = "ssmrec_selective_scan_cpu"
@@ -99,6 +99,26 @@ def _load_so(path: Path):
     return mod
 
 
+def ninja_on_path() -> str | None:
+    """The ``ninja`` executable cpp_extension will run, or None. The ``ninja`` package ssmrec depends on
+    installs its binary next to the venv's python, which is not on PATH unless the venv is activated
+    (``.venv/bin/ssmrec`` or ``.venv/bin/python -m pytest``): its folder is then put on PATH."""
+    import shutil
+
+    found = shutil.which("ninja")
+    if found:
+        return found
+    try:
+        import ninja
+    except ImportError:
+        return None
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    if bin_dir and shutil.which("ninja", path=bin_dir):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        return shutil.which("ninja")
+    return None
+
+
 def _build_into(final: Path):
     """Compile in a private temporary folder (a copy of the source, so no build file ever names the
     install's path, and no two processes share a build.ninja), then atomically move the .so to ``final``.
@@ -107,6 +127,8 @@ def _build_into(final: Path):
     import tempfile
 
     from torch.utils import cpp_extension
+
+    ninja_on_path()
 
     for stale in final.parent.glob("build-*"):  # left by a killed build (we hold the lock: nobody else builds)
         shutil.rmtree(stale, ignore_errors=True)

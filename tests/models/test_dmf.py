@@ -20,6 +20,7 @@ def _perturb(model, seed=0):
 
 
 @pytest.mark.parametrize("params", [{}, {"learn_alpha": True, "alpha": 0.3, "similarity_source": "projected"}])
+@pytest.mark.equivalence
 def test_decoupled_inference_equals_coupled_forward(tiny_data, params):
     torch.manual_seed(0)
     model = build("dmf", tiny_data, **params).eval()

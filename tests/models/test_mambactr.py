@@ -41,6 +41,7 @@ def test_forward_shapes_and_backward(tiny_data, name):
 
 
 @pytest.mark.parametrize("name", ["code-default", "paper", "transformer-ablated", "reference-quirks", "no-mm"])
+@pytest.mark.equivalence
 def test_padding_content_does_not_change_outputs(tiny_data, name):
     torch.manual_seed(0)
     model = build_ctr_model("mambactr", VARIANTS[name], tiny_data.item_info).eval()

@@ -7,7 +7,7 @@ import torch
 
 from ssmrec.errors import ConfigError
 from ssmrec.models.ctr import CTR_MODELS, build_ctr_model
-from tests.models.zoo import SMALL, build, mixed_batch, train_briefly
+from tests.models.zoo import SMALL, build, crop, mixed_batch, train_briefly
 
 ZOO = list(SMALL)
 
@@ -30,6 +30,7 @@ def test_forward_shapes_and_backward(tiny_data, variant):
 
 
 @pytest.mark.parametrize("variant", ZOO)
+@pytest.mark.equivalence
 def test_padding_content_and_left_padding_do_not_change_logits(tiny_data, variant):
     torch.manual_seed(0)
     model = build(variant, tiny_data).eval()
@@ -64,9 +65,27 @@ def test_bad_model_params_are_one_line_config_errors(tiny_data, name, params, ne
     assert "\n" not in str(e.value)
 
 
+def _valid_auc(model, data, max_len=16):
+    """Valid AUC as train_briefly measures it (histories cropped to the same ``max_len``)."""
+    from sklearn.metrics import roc_auc_score
+
+    model.eval()
+    valid = data.splits["valid"]
+    with torch.no_grad():
+        logits = torch.cat([model(crop(valid.batch(i), max_len))["logit"] for i in torch.arange(len(valid)).split(256)])
+    return roc_auc_score(valid.label.numpy(), logits.numpy())
+
+
 # MambaCTR's learning on the tiny world is covered by tests/train/test_trainer.py (through the Trainer).
 @pytest.mark.parametrize("variant", [v for v in ZOO if not v.startswith("mambactr")])
 def test_learns_on_tiny_world(tiny_data, variant):
+    """One epoch lifts the valid AUC well above the same model's before training (both measured here,
+    so no number from another machine is pinned). Measured: 0.40-0.57 untrained, 0.72-0.86 trained,
+    gains 0.24-0.40 against the 0.1 asked; a different CPU rounding (ATEN_CPU_CAPABILITY=default) moved
+    a trained AUC by up to 0.03. (The popularity baseline, 0.75 here, is no bar: QIN and
+    Transformer-DCN need more than one epoch to pass it.)"""
+    torch.manual_seed(0)  # the initial weights do not depend on which tests ran before
     model = build(variant, tiny_data, net_dropout=0.0)
+    start = _valid_auc(model, tiny_data)
     auc = train_briefly(model, tiny_data, epochs=1)
-    assert auc > 0.65, auc
+    assert auc > start + 0.1, (start, auc)

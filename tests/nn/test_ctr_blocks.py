@@ -135,6 +135,7 @@ def test_similarity_buckets_and_histogram():
     assert hist.tolist() == [2, 0, 0, 0, 0, 0, 0, 1, 0, 2] and hist.sum() == mask.sum()
 
 
+@pytest.mark.equivalence
 def test_quadratic_net_eval_folds_its_rows_exactly_and_follows_weight_updates():
     torch.manual_seed(0)
     qnn = QuadraticNet(12, num_layers=2, num_row=3, dropout=0.3, batch_norm=False).eval()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_fused
+
 pytestmark = pytest.mark.slow
 
 PKG = Path(__file__).resolve().parents[2] / "ssmrec"
@@ -42,6 +44,14 @@ torch.testing.assert_close(y, selective_scan_ref(u, delta, A, B, C, z=z, delta_s
 print("PKG", os.path.dirname(ssmrec.__file__))
 print("SO", ext.__file__)
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _needs_build_tools():
+    """These tests compile the kernel in subprocesses: skipped only on a machine without a compiler or
+    ninja; where the tools are there, a kernel that does not build fails (module scope: runs before
+    the module-scoped concurrent build below)."""
+    require_fused()
 
 
 def _run(ext_dir: Path, pythonpath: Path, cwd: Path, no_build: bool = False, start: bool = False):

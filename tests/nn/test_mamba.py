@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import ssmrec.nn.mamba as mamba_mod
 from ssmrec.nn.mamba import Mamba, Mamba2, MambaConfig, build_mamba
 from ssmrec.nn.scan import selective_scan_ref, ssd_chunked, ssd_scan_ref
+from tests.conftest import require_fused
 
 F64 = torch.float64
 
@@ -83,6 +84,7 @@ def naive_selective_scan(u, delta, A, B, C, D, z, delta_bias):
     return y, last
 
 
+@pytest.mark.equivalence
 def test_selective_scan_ref_vs_naive():
     torch.manual_seed(1)
     b, d, n, L = 2, 3, 4, 6
@@ -134,6 +136,7 @@ def ssd_inputs(b=2, L=7, h=4, p=3, g=2, n=5, seed=0):
 
 
 @pytest.mark.parametrize("with_s0", [False, True])
+@pytest.mark.equivalence
 def test_ssd_scan_ref_vs_naive(with_s0):
     x, dt, A, B, C, D, S0 = ssd_inputs()
     S0 = S0 if with_s0 else None
@@ -146,6 +149,7 @@ def test_ssd_scan_ref_vs_naive(with_s0):
 @pytest.mark.parametrize("L, chunk", [(1, 4), (1, 64), (5, 4), (8, 4), (13, 4), (13, 5), (16, 16), (17, 64), (33, 8)])
 @pytest.mark.parametrize("g", [1, 2])
 @pytest.mark.parametrize("with_s0_d", [False, True])
+@pytest.mark.equivalence
 def test_ssd_chunked_equals_ref(L, chunk, g, with_s0_d):
     x, dt, A, B, C, D, S0 = ssd_inputs(L=L, g=g, seed=L * 7 + g)
     if not with_s0_d:
@@ -157,6 +161,7 @@ def test_ssd_chunked_equals_ref(L, chunk, g, with_s0_d):
     assert torch.equal(ssd_chunked(x, dt, A, B, C, D, chunk, initial_state=S0), y1)  # no-state variant
 
 
+@pytest.mark.equivalence
 def test_ssd_chunked_grads_equal_ref():
     inputs = [t.requires_grad_() for t in ssd_inputs(L=11, g=2, seed=3)]
     x, dt, A, B, C, D, S0 = inputs
@@ -212,9 +217,18 @@ def small_block(kind: str, scan_impl: str = "auto", seed: int = 0):
 BLOCKS = [("mamba", "ref"), ("mamba2", "ref"), ("mamba2", "chunked"), ("mamba", "fused"), ("mamba2", "fused")]
 
 
+def block_for(kind: str, impl: str) -> torch.nn.Module:
+    """small_block, and for impl "fused" the kernel must really be there: otherwise the block would
+    fall back to a PyTorch scan with a warning and the "fused" case would test nothing."""
+    if impl == "fused":
+        require_fused()
+    return small_block(kind, impl)
+
+
 @pytest.mark.parametrize("kind, impl", BLOCKS)
+@pytest.mark.equivalence
 def test_step_equals_forward(kind, impl):
-    m = small_block(kind, impl)
+    m = block_for(kind, impl)
     x = torch.randn(3, 9, 16)
     with torch.no_grad():
         y = m(x)
@@ -254,8 +268,9 @@ def test_step_is_functional_and_mask_t_freezes_state(kind):
 
 
 @pytest.mark.parametrize("kind, impl", BLOCKS)
+@pytest.mark.equivalence
 def test_padding_invariance(kind, impl):
-    m = small_block(kind, impl)
+    m = block_for(kind, impl)
     lens = [9, 4, 1, 6]
     Lmax = max(lens)
     seqs = [torch.randn(n, 16) for n in lens]
@@ -282,6 +297,7 @@ def test_padding_invariance(kind, impl):
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.equivalence
 def test_right_padding_prefill_state(kind):
     """Right padding: causal outputs unaffected, and the prefill state equals the unpadded one."""
     m = small_block(kind)
@@ -296,6 +312,7 @@ def test_right_padding_prefill_state(kind):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.equivalence
 def test_mamba2_ref_equals_chunked():
     m_ref = small_block("mamba2", "ref", seed=4)
     m_chk = small_block("mamba2", "chunked", seed=4)
@@ -317,6 +334,7 @@ def test_mamba2_ref_equals_chunked():
 
 
 def test_scan_impl_selection(monkeypatch):
+    require_fused()  # "auto" on CPU picks the fused kernel only where it is available
     calls = []
     for name in ("ssd_scan_ref", "ssd_chunked", "selective_scan_ref"):
         fn = getattr(mamba_mod, name)
@@ -375,6 +393,7 @@ def test_fallback_when_fused_kernel_cannot_build_warns_once(monkeypatch):
     ("auto", "meta", False),
 ])
 def test_prepare_kernels_builds_only_when_the_fused_scan_will_run(monkeypatch, impl, device, expect_build):
+    monkeypatch.delenv("SSMREC_SCAN_IMPL", raising=False)  # "auto" as a user without the variable has it
     calls = []
     monkeypatch.setattr(mamba_mod.fused_scan, "load_extension", lambda: calls.append(1))
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), Mamba2(16, headdim=8, scan_impl=impl))
@@ -444,6 +463,7 @@ def test_resolve_impl_cuda_branch(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.equivalence
 def test_step_passes_the_state_update_kernel(monkeypatch, kind):
     """step() resolves with mamba_ssm's selective_state_update (not None, so no bogus warning on GPU)
     and, when that resolves to "cuda", calls it with the right shapes/semantics: equal to the

@@ -46,6 +46,7 @@ def _rank(rank, world, init, out):
 
 
 @pytest.mark.slow
+@pytest.mark.equivalence
 def test_two_ranks_match_one_batchnorm_on_the_whole_batch(tmp_path):
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", tmp_path), nprocs=2, join=True)
     r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
@@ -64,6 +65,7 @@ def test_two_ranks_match_one_batchnorm_on_the_whole_batch(tmp_path):
         torch.testing.assert_close(r[k]["running_var"], bn.running_var, **tol)
 
 
+@pytest.mark.equivalence
 def test_without_a_process_group_it_is_plain_batchnorm():
     x, _ = _data()
     a, b = _bn(GlooSyncBatchNorm).train(), _bn(torch.nn.BatchNorm1d).train()

@@ -38,6 +38,7 @@ def _client(ckpt, tmp_path, **kw):
     return svc, TestClient(create_app(svc))
 
 
+@pytest.mark.equivalence
 def test_ctr_answers_equal_the_scorer_and_cached_equals_explicit_history(ctr_ckpt, tmp_path):
     svc, client = _client(ctr_ckpt, tmp_path)
     with client as c:
@@ -175,6 +176,7 @@ def test_service_persists_on_shutdown_and_restores_on_start(ctr_ckpt, tmp_path):
         assert c.get("/health").json()["restored_users"] == 1
 
 
+@pytest.mark.equivalence
 def test_concurrent_requests_batched_by_the_engine_equal_sequential_updates(ctr_ckpt, tmp_path):
     svc, client = _client(ctr_ckpt, tmp_path, max_wait_ms=5.0)
     seqs = {f"u{u}": [1 + (u * 7 + t * 3) % 290 for t in range(12)] for u in range(8)}
@@ -197,6 +199,7 @@ def test_concurrent_requests_batched_by_the_engine_equal_sequential_updates(ctr_
     assert float(line.split()[-1]) < 96
 
 
+@pytest.mark.equivalence
 def test_queued_events_of_one_user_are_applied_in_arrival_order(ctr_ckpt, tmp_path):
     from ssmrec.serve.engine import Events, Score
 

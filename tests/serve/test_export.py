@@ -23,6 +23,7 @@ def _run_update(program, first, states, items, extra=None):
 
 
 @pytest.mark.slow
+@pytest.mark.equivalence
 def test_exported_mambactr_programs_equal_the_eager_scorer(tmp_path):
     ckpt = write_untrained_checkpoint(tmp_path / "m.pt", "ctr", "mambactr", {"embedding_dim": 16, "headdim": 16},
                                       n_items=300, spread=0.06)
@@ -54,6 +55,7 @@ def test_exported_mambactr_programs_equal_the_eager_scorer(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.equivalence
 def test_exported_mamba4rec_programs_equal_the_eager_scorer(tmp_path):
     ckpt = write_untrained_checkpoint(tmp_path / "s.pt", "next_item", "mamba4rec",
                                       {"hidden_size": 16, "d_state": 8, "num_layers": 2}, n_items=90,

@@ -46,6 +46,7 @@ def _ctr_reference(model, history, cands, likes, views):
 
 
 @pytest.mark.parametrize("name", list(CTR_VARIANTS))
+@pytest.mark.equivalence
 def test_ctr_scorer_equals_forward_on_the_full_history(tiny_data, name):
     model_name, params = CTR_VARIANTS[name]
     torch.manual_seed(0)
@@ -102,6 +103,7 @@ def _seq_model(name, params, n_items=50):
 
 
 @pytest.mark.parametrize("name", list(SEQ_VARIANTS))
+@pytest.mark.equivalence
 def test_next_item_scorer_equals_forward_on_the_full_history(name):
     model_name, params, mode = SEQ_VARIANTS[name]
     model = _seq_model(model_name, params)
@@ -179,6 +181,7 @@ def test_build_scorer_rejects_unknown_modes_and_quirks(tiny_data):
         build_scorer("ctr", build_ctr_model("dmf", {}, tiny_data.item_info), "kv")
 
 
+@pytest.mark.equivalence
 def test_recurrent_stack_step_equals_forward_and_old_mambactr_keys_load(tiny_data):
     torch.manual_seed(0)
     model = build_ctr_model("mambactr", {"variant": "paper"}, tiny_data.item_info).eval()

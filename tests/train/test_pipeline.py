@@ -25,13 +25,6 @@ MODELS = {
     "mambactr": {"embedding_dim": 16, "headdim": 32, "stage2": "cosine_gru", "aux_loss_weight": 0.0},
     "din": {"embedding_dim": 8, "attention_hidden": [32, 16], "dnn_hidden": [64, 32]},
 }
-# Valid AUCs of these runs measured with the CTR-only trainer before the pipeline refactor
-# (commit 179633f, this machine); the exact check is against the reference loop below.
-# MambaCTR's was re-pinned when issue 12 changed the fused scan's numerics (polynomial exp2, chunked
-# backward, summation order): 24 steps on the tiny world amplify float32 rounding into the AUC. The
-# same run gives 0.8260 with the old kernel, 0.7902 with the new one and 0.7912 with the exact
-# sequential reference scan (torch.exp), so the new kernel sits next to the exact one.
-BEFORE = {"mambactr": 0.7902392114436831, "din": 0.8322815242216614}
 
 
 def _cfg(world, out, model="din", params=None, **train):
@@ -77,6 +70,14 @@ def reference_loop(cfg, data):
     return _auc(model, valid)
 
 
+def untrained_auc(cfg, data):
+    """Valid AUC of the model the runs start from (same seed, same build, no step taken)."""
+    from ssmrec.models.ctr import build_ctr_model
+
+    torch.manual_seed(cfg.train.seed)
+    return _auc(build_ctr_model(cfg.model, cfg.model_params, data.item_info), data.splits["valid"])
+
+
 def _auc(model, split):
     model.eval()
     with torch.no_grad():
@@ -86,6 +87,7 @@ def _auc(model, split):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.equivalence
 def test_same_valid_auc_as_the_ctr_only_trainer(tiny_world, tmp_path, model):
     from ssmrec.data.mmctr import load_mmctr
 
@@ -93,8 +95,16 @@ def test_same_valid_auc_as_the_ctr_only_trainer(tiny_world, tmp_path, model):
     cfg = from_dict(_cfg(tiny_world, tmp_path, model))
     got = Trainer(cfg).fit()["valid_auc"]
     data = load_mmctr(tiny_world, 32, splits=("train", "valid"))
-    assert got == reference_loop(cfg, data)  # bit for bit
-    assert got == pytest.approx(BEFORE[model], abs=5e-3)  # and the historical number (other CPUs: FP noise)
+    # Bit for bit: the same process, seed, threads and kernels run both loops. No number measured on
+    # some machine is pinned: 24 steps amplify float32 rounding (-march=native kernel, ATen's SIMD
+    # level) into the third decimal of the AUC, so only a comparison within this process is exact.
+    assert got == reference_loop(cfg, data)
+    # and the comparison means something: the run learnt. Measured here: 0.79 / 0.83 trained vs 0.57 /
+    # 0.66 untrained (mambactr / din): margins of 0.17-0.22 against a threshold of 0.05, where the
+    # largest drift seen, a change of the kernel's exp and summation order, moved the trained
+    # mambactr AUC by 0.036.
+    start = untrained_auc(cfg, data)
+    assert got > start + 0.05, (got, start)
 
 
 def test_aux_loss_is_logsigmoid_over_real_pairs():
@@ -126,6 +136,7 @@ def test_registry_knows_every_ctr_model_and_refuses_unknown():
         get_model("vision", "din")
 
 
+@pytest.mark.equivalence
 def test_checkpoint_is_self_contained(tiny_world, tmp_path):
     import shutil
 
@@ -314,6 +325,7 @@ def test_predict_column_and_zip(tiny_world, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.equivalence
 def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path, batch_norm):
     """Same global batch, split over 2 ranks: the same losses and AUC as 1 process (no dropout; with
     BatchNorm, its statistics are synchronised over the ranks)."""
