@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -169,13 +170,12 @@ class SeqSplitData:
     def n_users(self) -> int:
         return len(self.offsets) - 1
 
-    @property
+    @cached_property
     def split(self) -> LeaveOneOut:
-        if getattr(self, "_split", None) is None:
-            self._split = leave_one_out(self.offsets)
-            if self._split.n_users != self.n_users:
-                raise SsmrecError(f"{self.name}: every user needs >= 3 interactions for leave-one-out")
-        return self._split
+        split = leave_one_out(self.offsets)
+        if split.n_users != self.n_users:
+            raise SsmrecError(f"{self.name}: every user needs >= 3 interactions for leave-one-out")
+        return split
 
     def bounds(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(history start, history end, target index) of every user for ``valid`` / ``test``."""
@@ -273,11 +273,8 @@ class NextItemTask(Task):
     def check_config(cls, cfg, source: str) -> None:
         from ssmrec.errors import ConfigError
 
-        mon = cfg.train.monitor
-        if mon is not None and mon not in cls.monitor_names(cfg):
-            raise ConfigError(f"{source}: train.monitor must be one of {', '.join(cls.monitor_names(cfg))} for "
-                              f"task 'next_item' (data.ks = {cfg.data.ks}), got {mon!r}")
-        if mon is None and 10 not in cfg.data.ks:
+        super().check_config(cfg, source)  # train.monitor: one of monitor_names(cfg)
+        if cfg.train.monitor is None and 10 not in cfg.data.ks:
             raise ConfigError(f"{source}: data.ks must contain 10 (the default monitor is ndcg@10) or set "
                               f"train.monitor, got ks = {cfg.data.ks}")
         from ssmrec.registry import get_model
@@ -338,7 +335,7 @@ class NextItemTask(Task):
 
     def sample_lengths(self) -> np.ndarray:
         """Input tokens of each training sample (what a batch is padded to)."""
-        mode, starts, ends = self._samples[:3]
+        _, starts, ends = self._samples[:3]
         return np.minimum(ends - starts, self._L)
 
     def sample_pairs(self) -> np.ndarray:
