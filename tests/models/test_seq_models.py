@@ -272,7 +272,10 @@ def test_learns_the_synthetic_world(tmp_path, model):
     from ssmrec.train.trainer import Trainer
 
     cfg = _cfg(model)
-    cfg.out_dir, cfg.train.epochs, cfg.train.lr = str(tmp_path), 4, 3e-3
+    # 12 epochs at a constant LR: measured 0.38 / 0.41 (sasrec / mamba4rec) vs popularity 0.18 and
+    # oracle 0.51, margins of ~0.2 against the 0.05 asked. (4 epochs with plateau decay left 0.0005 to
+    # 0.05 of margin: the LR x0.1 after one flat epoch stopped Mamba4Rec at epoch 2.)
+    cfg.out_dir, cfg.train.epochs, cfg.train.lr, cfg.train.lr_schedule = str(tmp_path), 12, 1e-2, "constant"
     s = Trainer(cfg).fit()
     assert s["test_ndcg@10"] > s["popularity_ndcg@10_test"] + 0.05, s
     assert s["test_ndcg@10"] < s["oracle_ndcg@10_test"] + 0.02, s
