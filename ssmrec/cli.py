@@ -110,7 +110,7 @@ def _evaluate_other_task(args, loaded) -> int:
 def _cmd_evaluate(args) -> int:
     from ssmrec.data.mmctr import read_truth
     from ssmrec.tasks.ctr import evaluate_split
-    from ssmrec.train.trainer import load_model
+    from ssmrec.checkpoint import load_model
 
     loaded = load_model(args.checkpoint)  # the checkpoint is read once, whatever its task
     if loaded[1].task != "ctr":
@@ -179,7 +179,7 @@ def _cmd_recommend(args) -> int:
     import pyarrow as pa
 
     from ssmrec.io import atomic_write, check_output_file, write_parquet_atomic
-    from ssmrec.train.trainer import load_model
+    from ssmrec.checkpoint import load_model
 
     if args.k < 1:
         raise SsmrecError(f"--k must be a positive integer, got {args.k}")
@@ -255,7 +255,7 @@ def _cmd_export(args) -> int:
     """torch.export programs of a Mamba checkpoint's serving graphs (ssmrec.serve.export)."""
     from ssmrec.io import check_output_dir
     from ssmrec.serve.export import export_serving
-    from ssmrec.train.trainer import load_model
+    from ssmrec.checkpoint import load_model
 
     out = check_output_dir(args.out, "export")
     model, cfg, task, ck = load_model(args.checkpoint)
@@ -365,13 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=_cmd_recommend)
 
     srv = sub.add_parser("serve", help="HTTP service for a CTR / next-item checkpoint: /score /recommend /events "
-                         "/health /metrics, per-user state updated in O(1) per event")
+                         "/health /metrics; per-user state bounded by the training window, O(1) per event "
+                         "within it, scores equal to the offline forward on that window")
     srv.add_argument("--checkpoint", required=True)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--mode", default="auto", choices=["auto", "recompute", "kv"],
-                     help="auto: the model's incremental state; recompute: keep histories, run forward per "
-                          "request (the baseline); kv: SASRec's key/value cache (auto's choice for SASRec)")
+    srv.add_argument("--mode", default="auto", choices=["auto", "incremental", "recompute"],
+                     help="auto / incremental: the model's own incremental state (SASRec: a key/value cache); "
+                          "recompute: keep the window, run the offline forward per request (the baseline)")
     srv.add_argument("--state-file", help="where the user-state cache is persisted (default CHECKPOINT.states.pt)")
     srv.add_argument("--persist-interval", type=float, default=5.0,
                      help="seconds between snapshots of a changed cache (a kill loses at most this much)")
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-candidates", type=int, default=2000, help="candidates per request, 413 beyond")
     srv.set_defaults(func=_cmd_serve)
 
-    exp = sub.add_parser("export", help="torch.export programs of a MambaCTR / Mamba4Rec checkpoint's serving graphs "
+    exp = sub.add_parser("export", help="torch.export programs of a MambaCTR / Mamba4Rec / GRU4Rec checkpoint's serving graphs "
                          "(state update per event, scoring) + manifest.json")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--out", required=True, help="output folder: update.pt2, score.pt2, manifest.json")

@@ -111,6 +111,13 @@ class RunConfig:
 
         return get_model(self.task, self.model)
 
+    def resolved(self) -> dict:
+        """The config as a dict with the model's defaults filled in (what checkpoints store and a resume
+        compares)."""
+        d = self.to_dict()
+        d["model_params"] = self.model_spec().resolved_params(self.model_params)
+        return d
+
     def model_config(self, source: str = "config"):
         return self.model_spec().config(self.model_params, source)
 

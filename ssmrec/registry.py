@@ -47,6 +47,13 @@ class ModelSpec:
         except Exception as e:  # pydantic ValidationError, or a ValueError from a cross-field check
             raise ConfigError(f"{source}: {validation_error_line(e, 'model_params')}") from None
 
+    @property
+    def servable(self) -> bool:
+        """The model implements the incremental-inference contract (:mod:`ssmrec.models.incremental`)."""
+        from ssmrec.models.incremental import IncrementalModel
+
+        return issubclass(self.cls, IncrementalModel)
+
     def resolved_params(self, params: dict | None, source: str = "config") -> dict:
         return asdict(self.config(params, source))
 

@@ -43,11 +43,13 @@ MODELS = {
     "mambactr": ("ctr", "mambactr", {}, "auto", "MambaCTR (Mamba-2 state)"),
     "mambactr_transformer": ("ctr", "mambactr", {"stage1": "transformer", "stage1_layers": 2}, "auto",
                              "MambaCTR Transformer twin (re-encode per event)"),
+    "mambactr_cosine": ("ctr", "mambactr", {"variant": "paper"}, "auto",
+                        "MambaCTR paper variant (cosine GRU over the window)"),
     "mamba4rec": ("next_item", "mamba4rec", {}, "auto", "Mamba4Rec (state)"),
-    "sasrec": ("next_item", "sasrec", {}, "kv", "SASRec (KV cache)"),
+    "sasrec": ("next_item", "sasrec", {}, "auto", "SASRec (KV cache)"),
     "sasrec_recompute": ("next_item", "sasrec", {}, "recompute", "SASRec (re-encode per event)"),
 }
-DEFAULT_MODELS = "mambactr,mambactr_transformer,mamba4rec,sasrec,sasrec_recompute"
+DEFAULT_MODELS = "mambactr,mambactr_transformer,mambactr_cosine,mamba4rec,sasrec,sasrec_recompute"
 MAX_LEN = {"ctr": 64, "next_item": 200}
 
 
@@ -258,13 +260,13 @@ def _http_model(name: str, ckpt: Path, args, out: Path, bar) -> dict:
 def _history_study(name: str, ckpt: Path, args, bar) -> list[dict]:
     import torch
 
-    from ssmrec.serve.scorers import build_scorer, state_nbytes
-    from ssmrec.train.trainer import load_model
+    from ssmrec.checkpoint import load_model
+    from ssmrec.serve.adapter import ServingAdapter
 
     task, _, _, mode, _ = MODELS[name]
     model, cfg, _, ck = load_model(ckpt)
-    scorer = build_scorer(task, model, mode, max_len=MAX_LEN[task])
-    rowwise = build_scorer(task, model, "recompute") if task == "ctr" else None
+    scorer = ServingAdapter(model, mode)
+    rowwise = ServingAdapter(model, "recompute") if task == "ctr" else None
     g = torch.Generator().manual_seed(0)
     cands = torch.randint(1, args.n_items, (args.candidates,), generator=g)
     out = []
@@ -274,19 +276,21 @@ def _history_study(name: str, ckpt: Path, args, bar) -> list[dict]:
         st = scorer.prefill(hist)
         ev = torch.randint(1, args.n_items, (1,), generator=g)
         if task == "ctr":
+            feats = [{"likes_level": torch.zeros_like(cands), "views_level": torch.zeros_like(cands)}]
+
             def request(s):
-                return scorer.score([s], [cands])
+                return scorer.score([s], [cands], feats)
         else:
             def request(s):
                 return scorer.topk([s], 10)
         reps = args.repeats
-        rec = {"model": name, "history": L, "state_bytes": state_nbytes(st),
+        rec = {"model": name, "history": L, "state_bytes": st.state.nbytes,
                "update": _time(lambda: scorer.update([st], [ev]), reps),
                "request_cached": _time(lambda: request(st), reps),
                "request_no_cache": _time(lambda: request(scorer.prefill(hist)), max(3, reps // 3))}
         if rowwise is not None:
             hs = rowwise.prefill(hist)
-            rec["request_rowwise"] = _time(lambda: rowwise.score([hs], [cands]), 3)
+            rec["request_rowwise"] = _time(lambda: rowwise.score([hs], [cands], feats), 3)
         out.append(rec)
         bar.update(1)
     return out

@@ -8,3 +8,33 @@ ITEM_EMB_DIM = 128
 # Real data: levels 0-9; FuxiCTR vocab 11 = 10 levels + OOV slot 10. Accept 0..10.
 LEVEL_VOCAB = 11
 DEFAULT_MAX_LEN = 64
+
+
+# ------------------------------------------------------------------------------------------------
+# What a served checkpoint accepts (built by each task from a checkpoint's feature map and artifacts)
+# ------------------------------------------------------------------------------------------------
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CandidateFeature:
+    """A named per-candidate input: integer values in ``[low, high]``; ``per_item`` (indexed by item id)
+    fills it when a request does not send it (the item's value in the training data), else required."""
+
+    name: str
+    low: int
+    high: int
+    per_item: object = None  # torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ServingSchema:
+    task: str
+    model: str
+    n_items: int  # ids 1 .. n_items - 1 (0 = padding)
+    window: int  # the newest events the model reads (data.max_len)
+    item_raw: list[str] | None = None  # the dataset's own item ids by index, when the checkpoint has them
+    candidate_features: tuple[CandidateFeature, ...] = field(default_factory=tuple)
+
+    def feature(self, name: str) -> CandidateFeature | None:
+        return next((f for f in self.candidate_features if f.name == name), None)

@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 import torch.nn.functional as F
 
 from ssmrec.nn.layers import MLP, masked_softmax
@@ -119,6 +120,47 @@ class MaskedTransformerEncoder(nn.TransformerEncoder):
         L = x.shape[1]
         causal = torch.triu(torch.full((L, L), float("-inf"), device=x.device, dtype=x.dtype), diagonal=1)
         return super().forward(x, mask=causal, is_causal=True)
+
+    # -- incremental (causal, post-LN) inference: a key/value cache per layer ----------------------
+    def _check_incremental(self) -> None:
+        if not self.causal or any(layer.norm_first for layer in self.layers):
+            raise ValueError("the key/value cache implements causal post-LN encoders only")
+
+    def keys_values(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer ``i``'s keys and values of its input ``x (..., d)``."""
+        attn, d = self.layers[i].self_attn, x.shape[-1]
+        kv = F.linear(x, attn.in_proj_weight[d:], attn.in_proj_bias[d:])
+        return kv[..., :d], kv[..., d:]
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """One causal pass over ``x (B, L, d)``: the outputs and each layer's keys and values."""
+        self._check_incremental()
+        L = x.shape[1]
+        causal = torch.triu(torch.full((L, L), float("-inf"), device=x.device, dtype=x.dtype), diagonal=1)
+        kvs = []
+        for i, layer in enumerate(self.layers):
+            kvs.append(self.keys_values(i, x))
+            x = layer(x, src_mask=causal, is_causal=True)
+        return x, kvs
+
+    def step_layer(self, i: int, x: Tensor, keys: Tensor, values: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer ``i`` on one new position per row ``x (B, d)`` attending to the cached ``keys`` /
+        ``values`` ``(B, n, d)`` where ``keep (B, n)`` and to itself; returns (output, its key, its value)."""
+        layer = self.layers[i]
+        attn = layer.self_attn
+        H, d = attn.num_heads, x.shape[-1]
+        q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        K, V = torch.cat([keys, k[:, None]], dim=1), torch.cat([values, v[:, None]], dim=1)
+        keep = torch.cat([keep, torch.ones(len(keep), 1, dtype=torch.bool, device=keep.device)], dim=1)
+        B, n1 = K.shape[:2]
+        qh = q.view(B, H, 1, d // H)
+        Kh, Vh = K.view(B, n1, H, d // H).transpose(1, 2), V.view(B, n1, H, d // H).transpose(1, 2)
+        s = (qh @ Kh.transpose(-1, -2)) / math.sqrt(d // H)
+        s = s.masked_fill(~keep[:, None, None, :], float("-inf"))
+        o = (torch.softmax(s, dim=-1) @ Vh).reshape(B, d)
+        x = layer.norm1(x + layer.dropout1(attn.out_proj(o)))
+        ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+        return layer.norm2(x + layer.dropout2(ff)), k, v
 
 
 def similarity_buckets(cos: torch.Tensor, n_buckets: int) -> torch.Tensor:

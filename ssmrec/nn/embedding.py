@@ -52,5 +52,8 @@ class MMCTRFeatureEmbedding(nn.Module):
         ids = torch.cat([batch.item_seq, batch.item_id.unsqueeze(1)], dim=1)
         vecs = self.items(ids)
         history = vecs[:, :-1] * batch.mask.unsqueeze(-1).to(vecs.dtype)
-        side = torch.cat([self.likes_table(batch.likes_level), self.views_table(batch.views_level)], dim=-1)
-        return vecs[:, -1], history, side
+        return vecs[:, -1], history, self.side(batch.likes_level, batch.views_level)
+
+    def side(self, likes_level: torch.Tensor, views_level: torch.Tensor) -> torch.Tensor:
+        """Side features of target rows: the likes and views level vectors, ``(*, 2d)``."""
+        return torch.cat([self.likes_table(likes_level), self.views_table(views_level)], dim=-1)

@@ -91,3 +91,16 @@ class RecurrentStack(nn.ModuleList):
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> list[LayerState]:
         return [layer.allocate_state(batch_size, device, dtype) for layer in self]
+
+
+def named_states(states: list[LayerState]) -> dict[str, Tensor]:
+    """A stack's per-layer states as named tensors ``conv{i}`` / ``ssm{i}`` (a model's serving state)."""
+    out = {}
+    for i, (conv, ssm) in enumerate(states):
+        out[f"conv{i}"], out[f"ssm{i}"] = conv, ssm
+    return out
+
+
+def layer_states(named: dict[str, Tensor], n_layers: int) -> list[LayerState]:
+    """The inverse of :func:`named_states`."""
+    return [(named[f"conv{i}"], named[f"ssm{i}"]) for i in range(n_layers)]

@@ -4,15 +4,20 @@ Endpoints (OpenAPI schema at ``/docs`` and ``/openapi.json``):
 
 * ``POST /events`` ``{"user", "items": [...]}``: append events, update the cached state; answers the
   user's event count once applied;
-* ``POST /score`` ``{"user" | "history", "candidates", ["likes_level", "views_level"]}``: probabilities
-  (CTR: click; next-item: softmax over the catalogue), in candidate order;
-* ``POST /recommend`` ``{"user" | "history", "k", "exclude_seen", ["candidates"]}``: top-k (next-item:
-  the whole catalogue unless candidates are given; CTR: the candidates);
+* ``POST /score`` ``{"user" | "history", "candidates", ["features": {name: [value per candidate]}]}``:
+  probabilities (CTR: click; next-item: softmax over the catalogue), in candidate order. The feature
+  names and ranges are the checkpoint's schema (MM-CTR: ``likes_level``, ``views_level``, 0..10; an
+  omitted one is the item's level in the training data);
+* ``POST /recommend`` ``{"user" | "history", "k", "exclude_seen", ["candidates"], ["features"]}``: top-k
+  (next-item: the whole catalogue unless candidates are given; CTR: the candidates); with
+  ``exclude_seen`` the user's whole history is excluded and fewer than ``k`` items come back when fewer
+  are eligible;
 * ``GET /users/{user}``, ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Item ids are the model's ids (MM-CTR ``item_id``; next-item: the dataset's raw ids when the checkpoint
-carries its vocabulary, else internal indices). Every bad request is a 4xx with ``{"error": one line}``;
-nothing a client sends can stop the service.
+carries its vocabulary, else internal indices). Every bad request is a 4xx with ``{"error": one line}``
+naming the field; nothing a client sends can stop the service. A model that produces a non-finite score
+answers 500 with one line (counted in ``ssmrec_nonfinite_responses``); no NaN or inf reaches a response.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ssmrec.errors import SsmrecError, one_line
+from ssmrec.serve.adapter import NonFiniteScores, ServingAdapter
 from ssmrec.serve.cache import Persister, StateCache
 from ssmrec.serve.engine import Engine, Events, Inspect, Recommend, Score, UnknownUser
-from ssmrec.serve.scorers import build_scorer
 
 ItemId = StrictInt | StrictStr
 UserId = StrictStr | StrictInt
@@ -49,8 +54,7 @@ class ScoreRequest(_Strict):
     user: UserId | None = None
     history: list[ItemId] | None = None
     candidates: list[ItemId] = Field(min_length=1)
-    likes_level: list[StrictInt] | None = None
-    views_level: list[StrictInt] | None = None
+    features: dict[str, list[StrictInt]] | None = None
 
 
 class RecommendRequest(_Strict):
@@ -59,8 +63,7 @@ class RecommendRequest(_Strict):
     k: StrictInt = Field(10, ge=1)
     exclude_seen: StrictBool = False
     candidates: list[ItemId] | None = Field(None, min_length=1)
-    likes_level: list[StrictInt] | None = None
-    views_level: list[StrictInt] | None = None
+    features: dict[str, list[StrictInt]] | None = None
 
 
 @dataclass
@@ -68,7 +71,7 @@ class ServeConfig:
     checkpoint: str
     host: str = "127.0.0.1"
     port: int = 8000
-    mode: str = "auto"  # scorer: auto | recompute | kv
+    mode: str = "auto"  # auto (= incremental) | incremental | recompute
     state_file: str | None = None  # default: <checkpoint>.states.pt
     persist_interval: float = 5.0
     cache_bytes: int = 1 << 30
@@ -100,30 +103,29 @@ class Service:
     """Everything the HTTP layer needs: model, scorer, id mapping, cache, engine, metrics."""
 
     def __init__(self, cfg: ServeConfig):
-        from ssmrec.train.trainer import load_model
+        from ssmrec.checkpoint import load_for_serving
 
         self.cfg = cfg
         path = Path(cfg.checkpoint)
         torch.set_num_threads(max(1, cfg.threads))
-        model, run_cfg, task, ck = load_model(path)
-        self.task_name, self.model_name = run_cfg.task, run_cfg.model
-        if self.task_name not in ("ctr", "next_item"):
-            raise SsmrecError(f"{path}: ssmrec serve serves CTR and next-item checkpoints; this one is "
-                              f"'{self.task_name}' (use ssmrec recommend)")
-        fm = ck["feature_map"]
-        self.n_items = int(fm["n_items"])
+        model, self.schema, _ = load_for_serving(path)
+        self.task_name, self.model_name = self.schema.task, self.schema.model
+        self.n_items = self.schema.n_items
         try:
-            self.scorer = build_scorer(self.task_name, model, cfg.mode, max_len=int(fm.get("max_len", 64)))
+            self.scorer = ServingAdapter(model, cfg.mode)
         except ValueError as e:
             raise SsmrecError(f"{path}: {e}") from None
-        raw = fm.get("item_raw")
-        self.item_raw = [str(x) for x in raw] if raw is not None else None
+        missing = [f for f in getattr(model, "candidate_features", ()) if self.schema.feature(f) is None]
+        if missing:
+            raise SsmrecError(f"{path}: the model needs candidate feature '{missing[0]}' that the checkpoint's "
+                              f"schema does not declare")
+        self.item_raw = self.schema.item_raw
         self.item_index = {r: i for i, r in enumerate(self.item_raw)} if self.item_raw else None
-        arts = ck.get("artifacts") or {}
-        self.item_likes, self.item_views = arts.get("item_likes_level"), arts.get("item_views_level")
-        self.cache = StateCache(cfg.cache_bytes, f"{_fingerprint(path)}:{self.scorer.name}")
+        # a cache is restored only into the same weights, state schema (layout, window, version) and mode
+        self.cache = StateCache(cfg.cache_bytes, f"{_fingerprint(path)}:{self.scorer.schema}")
         self.state_file = Path(cfg.state_file) if cfg.state_file else path.with_suffix(".states.pt")
-        self.restored = self.cache.restore(self.state_file) if self.state_file.exists() else 0
+        self.restored = self.cache.restore(self.state_file, self.scorer.entry_from_dict) \
+            if self.state_file.exists() else 0
         self.persister = Persister(self.cache, self.state_file, cfg.persist_interval)
         self.metrics = _Metrics(self)
         self.engine = Engine(self.scorer, self.cache, self.persister, cfg.max_batch, cfg.max_wait_ms,
@@ -153,27 +155,32 @@ class Service:
     def out_ids(self, ids: torch.Tensor) -> list:
         return [self.item_raw[i] for i in ids.tolist()] if self.item_raw else ids.tolist()
 
-    def levels(self, req, cands: torch.Tensor):
-        """(likes, views) for CTR candidates: the request's, else the item's level in the training data."""
-        if self.task_name != "ctr":
-            if req.likes_level is not None or req.views_level is not None:
-                raise HTTPError(422, "likes_level / views_level apply to CTR checkpoints only")
-            return None, None
-        out = []
-        for name, given, table in (("likes_level", req.likes_level, self.item_likes),
-                                   ("views_level", req.views_level, self.item_views)):
-            if given is not None:
-                if len(given) != len(cands):
-                    raise HTTPError(422, f"{name}: {len(given)} values for {len(cands)} candidates")
-                bad = [j for j, v in enumerate(given) if not 0 <= v <= 10]
+    def features(self, req, cands: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The candidates' named features, validated against the checkpoint's schema; one omitted is the
+        item's value in the training data when the checkpoint has it."""
+        given = req.features or {}
+        known = self.schema.candidate_features
+        for name in given:
+            if self.schema.feature(name) is None:
+                allowed = ", ".join(f.name for f in known) or "none: this checkpoint takes no candidate features"
+                raise HTTPError(422, f"features.{name}: unknown feature (known: {allowed})")
+        if not known:
+            return None
+        out = {}
+        for f in known:
+            if f.name in given:
+                vals = given[f.name]
+                if len(vals) != len(cands):
+                    raise HTTPError(422, f"features.{f.name}: {len(vals)} values for {len(cands)} candidates")
+                bad = [j for j, v in enumerate(vals) if not f.low <= v <= f.high]
                 if bad:
-                    raise HTTPError(422, f"{name}[{bad[0]}]: {given[bad[0]]} is not a level 0..10")
-                out.append(torch.tensor(given, dtype=torch.long))
-            elif table is not None:
-                out.append(table[cands])
+                    raise HTTPError(422, f"features.{f.name}[{bad[0]}]: {vals[bad[0]]} is outside {f.low}..{f.high}")
+                out[f.name] = torch.tensor(vals, dtype=torch.long)
+            elif f.per_item is not None:
+                out[f.name] = f.per_item[cands]
             else:
-                raise HTTPError(422, f"{name} is required: this checkpoint carries no per-item levels")
-        return out[0], out[1]
+                raise HTTPError(422, f"features.{f.name} is required: this checkpoint carries no per-item values")
+        return out
 
     def user_or_history(self, req) -> tuple[str | None, torch.Tensor | None]:
         if (req.user is None) == (req.history is None):
@@ -210,6 +217,8 @@ class _Metrics:
                               ("ssmrec_events_applied", "events applied to states",
                                lambda: service.engine.events_applied)):
             Gauge(name, doc, registry=r).set_function(fn)
+        self.nonfinite = Counter("ssmrec_nonfinite_responses", "requests refused because the model produced a "
+                                 "non-finite score", ["endpoint"], registry=r)
 
     def batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)
@@ -260,6 +269,12 @@ def create_app(service: Service, run_engine: bool = True):
     async def value_error(request, exc: ValueError):
         return _error_response(422, str(exc))
 
+    @app.exception_handler(NonFiniteScores)
+    async def nonfinite(request, exc: NonFiniteScores):
+        path = request.url.path
+        metrics.nonfinite.labels(path if path in _ENDPOINTS else "other").inc()
+        return _error_response(500, str(exc))
+
     @app.post("/events")
     async def events(req: EventsRequest):
         items = service.items(req.items, "items", cfg.max_events)
@@ -269,8 +284,7 @@ def create_app(service: Service, run_engine: bool = True):
     async def score(req: ScoreRequest):
         user, history = service.user_or_history(req)
         cands = service.items(req.candidates, "candidates", cfg.max_candidates)
-        likes, views = service.levels(req, cands)
-        p = await service.run(Score(user, history, cands, likes, views))
+        p = await service.run(Score(user, history, cands, service.features(req, cands)))
         return {"user": user, "candidates": service.out_ids(cands), "probabilities": p.tolist()}
 
     @app.post("/recommend")
@@ -281,8 +295,10 @@ def create_app(service: Service, run_engine: bool = True):
         cands = service.items(req.candidates, "candidates", cfg.max_candidates) if req.candidates else None
         if cands is None and service.task_name == "ctr":
             raise HTTPError(422, "a CTR model ranks the candidates it is given: pass 'candidates'")
-        likes, views = service.levels(req, cands) if cands is not None else (None, None)
-        ids, scores = await service.run(Recommend(user, history, req.k, req.exclude_seen, cands, likes, views))
+        if cands is None and req.features:
+            raise HTTPError(422, "features: given without candidates")
+        feats = service.features(req, cands) if cands is not None else None
+        ids, scores = await service.run(Recommend(user, history, req.k, req.exclude_seen, cands, feats))
         return {"user": user, "items": service.out_ids(ids), "scores": scores.tolist()}
 
     @app.get("/users/{user}")
@@ -293,7 +309,8 @@ def create_app(service: Service, run_engine: bool = True):
     async def health():
         p = service.persister
         return {"status": "ok", "task": service.task_name, "model": service.model_name,
-                "scorer": service.scorer.name, "n_items": service.n_items, "users": len(service.cache),
+                "scorer": service.scorer.name, "mode": service.scorer.mode,
+                "state_schema": service.scorer.schema, "window": service.schema.window, "n_items": service.n_items, "users": len(service.cache),
                 "state_cache_bytes": service.cache.bytes, "state_cache_budget": service.cache.byte_budget,
                 "restored_users": service.restored, "state_file": str(service.state_file),
                 "persisted_at": p.saved_at, "persisted_users": p.saved_users, "persist_error": p.last_error,

@@ -19,10 +19,12 @@ import torch
 
 from ssmrec.errors import SsmrecError, one_line
 from ssmrec.io import save_torch_atomic
-from ssmrec.serve.scorers import State, state_nbytes
+from ssmrec.serve.adapter import UserEntry
+
+
 
 FORMAT = "ssmrec-state-cache"
-VERSION = 1
+VERSION = 2  # 2: entries are {state: ModelState dict, seen}; the fingerprint names the state schema and mode
 # Per-entry bookkeeping beyond tensor data (dict, key, OrderedDict node, tensor headers), counted
 # against the budget so that many tiny states cannot exceed it unnoticed.
 ENTRY_OVERHEAD = 512
@@ -33,7 +35,7 @@ class StateCache:
         if byte_budget <= 0:
             raise SsmrecError(f"state cache budget must be positive, got {byte_budget} bytes")
         self.byte_budget, self.fingerprint = int(byte_budget), fingerprint
-        self._entries: OrderedDict[str, tuple[State, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[UserEntry, int]] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = self.evictions = 0
         self.version = 0  # bumped by every put: a snapshot is needed when it moved
@@ -44,7 +46,7 @@ class StateCache:
     def __contains__(self, user: str) -> bool:
         return user in self._entries
 
-    def get(self, user: str) -> State | None:
+    def get(self, user: str) -> UserEntry | None:
         entry = self._entries.get(user)
         if entry is None:
             self.misses += 1
@@ -53,13 +55,13 @@ class StateCache:
         self._entries.move_to_end(user)
         return entry[0]
 
-    def peek(self, user: str) -> State | None:
+    def peek(self, user: str) -> UserEntry | None:
         """The state without counting a hit or refreshing its recency."""
         entry = self._entries.get(user)
         return None if entry is None else entry[0]
 
-    def put(self, user: str, state: State) -> None:
-        size = state_nbytes(state) + ENTRY_OVERHEAD
+    def put(self, user: str, state: UserEntry) -> None:
+        size = state.nbytes + ENTRY_OVERHEAD
         if size > self.byte_budget:
             raise SsmrecError(f"one user's state needs {size} bytes, over the whole cache budget of "
                               f"{self.byte_budget} bytes (raise --cache-bytes)")
@@ -74,7 +76,7 @@ class StateCache:
             self.bytes -= n
             self.evictions += 1
 
-    def snapshot(self) -> tuple[int, list[tuple[str, State]]]:
+    def snapshot(self) -> tuple[int, list[tuple[str, UserEntry]]]:
         """(version, users in LRU order with their states): cheap, consistent, safe to save elsewhere."""
         return self.version, [(u, s) for u, (s, _) in self._entries.items()]
 
@@ -84,12 +86,13 @@ class StateCache:
         version, items = snapshot if snapshot is not None else self.snapshot()
         save_torch_atomic({"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
                            "saved_at": time.time(), "users": [u for u, _ in items],
-                           "states": [s for _, s in items]}, path)
+                           "states": [s.to_dict() for _, s in items]}, path)
         return version
 
-    def restore(self, path) -> int:
+    def restore(self, path, decode) -> int:
         """Load a snapshot written by :meth:`save` (users beyond the budget: least recent dropped);
-        returns the number of users restored. Every problem is one line naming the file."""
+        ``decode(dict) -> entry`` checks each entry against the served model's schema. Returns the number
+        of users restored. Every problem is one line naming the file."""
         path = Path(path)
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,12 +101,23 @@ class StateCache:
                               f"start empty") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise SsmrecError(f"{path}: not an ssmrec state cache")
+        if blob.get("version") != VERSION:
+            raise SsmrecError(f"{path}: state cache format version {blob.get('version')}, this ssmrec reads "
+                              f"{VERSION}; move it away to start empty")
         if blob.get("fingerprint") != self.fingerprint:
-            raise SsmrecError(f"{path}: the state cache was written for another checkpoint (fingerprint "
+            raise SsmrecError(f"{path}: the state cache was written for another checkpoint or serving mode / state "
+                              f"schema (fingerprint "
                               f"{str(blob.get('fingerprint'))[:12]}, this one {self.fingerprint[:12]}); move "
                               f"it away or pass the matching --checkpoint")
+        entries = []
         for user, state in zip(blob["users"], blob["states"]):
-            self.put(str(user), state)
+            try:
+                entries.append((str(user), decode(state)))
+            except ValueError as e:  # StateSchemaError: another model, layout, window or mode
+                raise SsmrecError(f"{path}: user {str(user)!r}: {str(e)[:300]}; move it away to start "
+                                  f"empty") from None
+        for user, entry in entries:
+            self.put(user, entry)
         self.version = 0
         return len(self)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssmrec.serve.adapter import ServingAdapter, UserEntry
 from ssmrec.serve.cache import Persister, StateCache
-from ssmrec.serve.scorers import IncrementalScorer, State, state_nbytes
 
 
 class UnknownUser(LookupError):
@@ -37,8 +37,7 @@ class Score:
     user: str | None
     history: torch.Tensor | None
     candidates: torch.Tensor
-    likes: torch.Tensor | None = None
-    views: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None  # named candidate features, validated by the service
 
 
 @dataclass
@@ -48,8 +47,7 @@ class Recommend:
     k: int
     exclude_seen: bool = False
     candidates: torch.Tensor | None = None
-    likes: torch.Tensor | None = None
-    views: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -64,7 +62,7 @@ class _Job:
 
 
 class Engine:
-    def __init__(self, scorer: IncrementalScorer, cache: StateCache, persister: Persister | None = None,
+    def __init__(self, scorer: ServingAdapter, cache: StateCache, persister: Persister | None = None,
                  max_batch: int = 64, max_wait_ms: float = 0.5, threads: int | None = None,
                  on_batch=None):
         self.scorer, self.cache, self.persister = scorer, cache, persister
@@ -166,38 +164,65 @@ class Engine:
             handler = {"Events": self._events, "Score": self._score, "Recommend": self._recommend,
                        "Inspect": self._inspect}[kind]
             handler(run)
-        except Exception as e:  # one bad request must not fail its batch neighbours: retry one by one
-            if len(run) > 1:
+        except Exception as e:
+            # one bad read must not fail its batch neighbours: retry reads one by one. Events are never
+            # retried here (that could apply them twice); _events isolates users itself.
+            if len(run) > 1 and kind != "Events":
                 for job in run:
                     if not job.future.done():
                         self._process_run([job])
             else:
-                if not run[0].future.done():
-                    run[0].future.set_exception(e)
+                for job in run:
+                    if not job.future.done():
+                        job.future.set_exception(e)
         if self.on_batch is not None:
             self.on_batch(kind, len(run), time.perf_counter() - t0)
 
     def _events(self, run: list[_Job]) -> None:
+        """Apply a run of /events: each user's events once and in order. New entries are computed for
+        every user before any is stored; if the batched call fails, each user is retried alone from
+        the entry it had, so a failing user fails only its own requests and a neighbour's events are
+        never applied twice."""
         per_user: dict[str, list[torch.Tensor]] = {}
         for job in run:
             per_user.setdefault(job.op.user, []).append(job.op.items)
         items = {u: torch.cat(xs) for u, xs in per_user.items()}
-        cached = {u: self.cache.get(u) for u in items}
-        # known users are stepped together, one event at a time; a user seen for the first time gets
-        # the whole history in one parallel pass (prefill)
-        known = [u for u in items if cached[u] is not None]
-        updated = dict(zip(known, self.scorer.update([cached[u] for u in known], [items[u] for u in known]))) \
-            if known else {}
+        try:
+            new, errors = self._apply(list(items), items), {}
+        except Exception:
+            new, errors = {}, {}
+            for u in items:
+                try:
+                    new.update(self._apply([u], items))
+                except Exception as e:
+                    errors[u] = e
         counts = {}
-        for u in items:
-            state = updated[u] if u in updated else self.scorer.prefill(items[u])
-            self.cache.put(u, state)
-            counts[u] = self.scorer.events_of(state)
-        self.events_applied += sum(len(x) for x in items.values())
+        for u, entry in new.items():
+            try:
+                self.cache.put(u, entry)
+                counts[u] = self.scorer.events_of(entry)
+                self.events_applied += len(items[u])
+            except Exception as e:  # e.g. one state over the whole cache budget
+                errors[u] = e
         for job in run:  # each request is acknowledged with its user's event count after the whole run
-            job.future.set_result({"user": job.op.user, "events": counts[job.op.user]})
+            if job.op.user in errors:
+                job.future.set_exception(errors[job.op.user])
+            else:
+                job.future.set_result({"user": job.op.user, "events": counts[job.op.user]})
 
-    def _states(self, run: list[_Job]) -> list[State]:
+    def _apply(self, users: list[str], items: dict[str, torch.Tensor]) -> dict[str, UserEntry]:
+        """New entries of ``users`` (nothing stored): known users stepped together, one event at a time;
+        a user seen for the first time gets the whole history in one parallel pass (prefill)."""
+        cached = {u: self.cache.get(u) for u in users}
+        known = [u for u in users if cached[u] is not None]
+        out = dict(zip(known, self.scorer.update([cached[u] for u in known], [items[u] for u in known]))) \
+            if known else {}
+        for u in users:
+            if u not in out:
+                out[u] = self.scorer.prefill(items[u])
+        return out
+
+    def _states(self, run: list[_Job]) -> list[UserEntry]:
         states = []
         for job in run:
             op = job.op
@@ -213,8 +238,7 @@ class Engine:
     def _score(self, run: list[_Job]) -> None:
         states = self._states(run)
         ops = [j.op for j in run]
-        probs = self.scorer.score(states, [o.candidates for o in ops], _all_or_none([o.likes for o in ops]),
-                                  _all_or_none([o.views for o in ops]))
+        probs = self.scorer.score(states, [o.candidates for o in ops], _all_or_none([o.features for o in ops]))
         for job, p in zip(run, probs):
             job.future.set_result(p)
 
@@ -228,7 +252,7 @@ class Engine:
             ops = [j.op for j in jobs]
             k = max(o.k for o in ops)
             out = self.scorer.topk(states, k, exclude, [o.candidates for o in ops] if has_cands else None,
-                                   _all_or_none([o.likes for o in ops]), _all_or_none([o.views for o in ops]))
+                                   _all_or_none([o.features for o in ops]))
             for job, (ids, scores) in zip(jobs, out):
                 job.future.set_result((ids[:job.op.k], scores[:job.op.k]))
 
@@ -239,7 +263,8 @@ class Engine:
                 job.future.set_exception(UnknownUser(f"unknown user {job.op.user!r}"))
             else:
                 job.future.set_result({"user": job.op.user, "events": self.scorer.events_of(st),
-                                       "state_bytes": state_nbytes(st)})
+                                       "state_bytes": st.state.nbytes, "seen_items": int(st.seen.numel()),
+                                       "seen_bytes": st.seen.numel() * st.seen.element_size()})
 
 
 def _all_or_none(xs):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ssmrec.config import from_dict
-from ssmrec.train import checkpoint
+from ssmrec import checkpoint
 
 
 def spread_weights(model: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
@@ -31,7 +31,6 @@ def write_untrained_checkpoint(path, task: str, model: str, model_params: dict |
     """``item_raw``: next-item only, the dataset ids by index (what the service then speaks);
     ``spread``: :func:`spread_weights` with this std before saving (tests)."""
     from ssmrec.tasks import task_class
-    from ssmrec.train.trainer import resolved_config
 
     data = {"dir": "untrained", "max_len": max_len} if task == "ctr" else {"source": "untrained", "max_len": max_len}
     cfg = from_dict({"task": task, "model": model, "model_params": dict(model_params or {}), "data": data,
@@ -54,6 +53,6 @@ def write_untrained_checkpoint(path, task: str, model: str, model_params: dict |
     net = task_class(task)(cfg).build_model(arts, fm)
     if spread is not None:
         spread_weights(net, spread, seed)
-    checkpoint.save_atomic({"task": task, "model": net.state_dict(), "config": resolved_config(cfg),
+    checkpoint.save_atomic({"task": task, "model": net.state_dict(), "config": cfg.resolved(),
                             "feature_map": fm, "artifacts": arts, "state": {}, "history": []}, path)
     return Path(path)

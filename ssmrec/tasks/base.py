@@ -107,6 +107,12 @@ class Task(ABC):
         ``model`` on held-out data where the task has them (e.g. next-item test metrics)."""
         return {}
 
+    def serving_schema(self, feature_map: dict, artifacts: dict, model: str):
+        """The :class:`~ssmrec.data.schema.ServingSchema` of a checkpoint of this task (``ssmrec serve``)."""
+        from ssmrec.errors import SsmrecError
+
+        raise SsmrecError(f"task '{type(self).__name__}' checkpoints cannot be served")
+
     def plot_keys(self) -> tuple[str, list[str]]:
         """(quality metric, loss-like metrics) for the training curve."""
         return self.monitor[0], []

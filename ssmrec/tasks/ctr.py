@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmrec.data.mmctr import CTRBatch, ItemInfo, MMCTRData, Split, load_mmctr, read_truth
-from ssmrec.data.schema import DEFAULT_MAX_LEN
+from ssmrec.data.schema import DEFAULT_MAX_LEN, LEVEL_VOCAB, CandidateFeature, ServingSchema
 from ssmrec.errors import SsmrecError
 from ssmrec.params import STRICT, PosInt
 from ssmrec.tasks.base import Task
@@ -160,7 +160,18 @@ class CTRTask(Task):
         else:
             info = self.data.item_info
         spec = get_model("ctr", self.cfg.model)
-        return spec.cls(spec.config(self.cfg.model_params), info.tags, info.emb, info.n_tags)
+        model = spec.cls(spec.config(self.cfg.model_params), info.tags, info.emb, info.n_tags)
+        # what serving reads: the newest max_len events, as training does
+        model.set_serving_window(int((feature_map or {}).get("max_len", self.cfg.data.max_len)))
+        return model
+
+    def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:
+        """Candidates carry ``likes_level`` and ``views_level`` (0..10); a request that omits one gets the
+        item's level in the training data (checkpoint artifacts), when the checkpoint has them."""
+        feats = tuple(CandidateFeature(name, 0, LEVEL_VOCAB - 1, artifacts.get(f"item_{name}"))
+                      for name in ("likes_level", "views_level"))
+        return ServingSchema("ctr", model, int(feature_map["n_items"]),
+                             int(feature_map.get("max_len", self.cfg.data.max_len)), None, feats)
 
     def loss(self, model_out: dict, batch: CTRBatch) -> dict[str, torch.Tensor]:
         return ctr_loss(model_out, batch)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
 
 from ssmrec.data.batch import TensorBatch
+from ssmrec.data.schema import ServingSchema
 from ssmrec.data.seq import LeaveOneOut, leave_one_out
 from ssmrec.errors import SsmrecError
 from ssmrec.metrics import exclude_items, rank_metrics, rank_of_target, warn_nonfinite
@@ -429,7 +430,18 @@ class NextItemTask(Task):
         features = (artifacts or {}).get("item_features", self._features)
         if features is not None:
             model.attach_item_features(features, self.cfg.data.item_feature_mode)
+        # what serving reads: the newest max_len events (Cloze models: max_len - 1, then [MASK]), as
+        # history_batch builds them for evaluation
+        L = int((feature_map or {}).get("max_len", self.cfg.data.max_len))
+        model.set_serving_window(L - 1 if getattr(model, "cloze", False) else L)
         return model
+
+    def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:
+        """Requests speak the dataset's own item ids when the checkpoint carries them; no candidate features."""
+        raw = feature_map.get("item_raw")
+        return ServingSchema("next_item", model, int(feature_map["n_items"]),
+                             int(feature_map.get("max_len", self.cfg.data.max_len)),
+                             [str(x) for x in raw] if raw is not None else None)
 
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         ce_sum = F.cross_entropy(model_out["logits"], model_out["labels"], reduction="sum")

@@ -42,12 +42,13 @@ from ssmrec.io import save_figure_atomic, write_text_atomic
 from ssmrec.nn.mamba import prepare_kernels
 from ssmrec.nn.sync_batchnorm import convert_sync_batchnorm
 from ssmrec.tasks import make_task
-from ssmrec.train import checkpoint
+from ssmrec import checkpoint
+from ssmrec.checkpoint import load_model
 from ssmrec.train.optim import l2_regularization, make_optimizer
 from ssmrec.train.rundir import RunDir
 
 
-__all__ = ["Trainer", "load_model", "load_trained", "init_distributed", "resolved_config", "plot_curves"]
+__all__ = ["Trainer", "load_trained", "init_distributed", "plot_curves"]
 
 
 def _dist_info():
@@ -70,13 +71,6 @@ def device_for_rank() -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-def resolved_config(cfg: RunConfig) -> dict:
-    """The config with the model's defaults filled in (what a resume compares)."""
-    d = cfg.to_dict()
-    d["model_params"] = cfg.model_spec().resolved_params(cfg.model_params)
-    return d
 
 
 def plot_curves(history: list[dict], path: Path, metric: str = "auc", losses: tuple = ("logloss",)) -> None:
@@ -143,7 +137,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _payload(self, with_optimizer: bool) -> dict:
-        obj = {"task": self.cfg.task, "model": self.model.state_dict(), "config": resolved_config(self.cfg),
+        obj = {"task": self.cfg.task, "model": self.model.state_dict(), "config": self.cfg.resolved(),
                "feature_map": self.task.feature_map(), "artifacts": self.task.artifacts(),
                "state": dict(self.state), "history": list(self.history)}
         if with_optimizer:
@@ -161,10 +155,10 @@ class Trainer:
         if not path.exists():
             return False
         ck = checkpoint.load(path, require=("optimizer", "state", "rng"))
-        changed = resume_incompatibilities(ck["config"], resolved_config(self.cfg))
+        changed = resume_incompatibilities(ck["config"], self.cfg.resolved())
         if changed:
             k = changed[0]
-            old, new = _lookup(ck["config"], k), _lookup(resolved_config(self.cfg), k)
+            old, new = _lookup(ck["config"], k), _lookup(self.cfg.resolved(), k)
             more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
             raise SsmrecError(f"{path}: cannot resume: the config changed: {k} was {old!r}, now {new!r}{more}; "
                               f"restore it, or start a fresh run with --overwrite")
@@ -336,7 +330,7 @@ class Trainer:
                 else:
                     print(f"no checkpoint in {self.run_dir}; starting fresh", flush=True)
         if self.rank == 0:
-            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(resolved_config(self.cfg), sort_keys=False))
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
         while not st["done"] and st["epoch"] < tc.epochs:
             epoch = st["epoch"]
             losses = self.train_epoch(epoch)
@@ -417,31 +411,6 @@ def _lookup(d: dict, dotted: str):
             return None
         node = node[part]
     return node
-
-
-def load_model(ckpt_path, device="cpu"):
-    """Rebuild a trained model from its checkpoint alone (weights, config, feature map, item tables).
-    Returns ``(model, cfg, task, checkpoint dict)``; the task has no data loaded yet (call
-    ``task.setup(splits)``)."""
-    from ssmrec.tasks import task_class
-
-    ck = checkpoint.load(ckpt_path)
-    cfg = from_dict(ck["config"], source=str(ckpt_path))
-    task = task_class(cfg.task)(cfg)
-    artifacts = ck.get("artifacts")
-    if artifacts is None:  # checkpoints written before they were self-contained: read the data folder
-        task.setup(("valid",))
-        model = task.build_model()
-    else:
-        model = task.build_model(artifacts, ck["feature_map"])
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:  # weights from another ssmrec version or an edited config
-        raise SsmrecError(f"{ckpt_path}: weights do not match the model in its config "
-                          f"({one_line(str(e).splitlines()[-1].strip(), 200)})") from None
-    model.to(device).eval()
-    prepare_kernels(model, device)  # a kernel build is never timed as inference
-    return model, cfg, task, ck
 
 
 def load_trained(ckpt_path, data_dir=None, splits=("valid", "test"), loaded=None):

@@ -388,7 +388,8 @@ def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ssmrec.train.trainer import Trainer, load_model
+    from ssmrec.checkpoint import load_model
+    from ssmrec.train.trainer import Trainer
 
     rng = np.random.default_rng(0)
     ids = np.arange(1, 151)[::-1]  # file order differs from the dataset's item order

@@ -12,6 +12,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ssmrec.errors import SsmrecError  # noqa: E402
+from ssmrec.models.incremental import ModelState  # noqa: E402
+from ssmrec.serve.adapter import UserEntry  # noqa: E402
 from ssmrec.serve.app import ServeConfig, Service, create_app  # noqa: E402
 from ssmrec.serve.cache import StateCache  # noqa: E402
 from ssmrec.serve.untrained import write_untrained_checkpoint  # noqa: E402
@@ -33,6 +35,12 @@ def seq_ckpt(tmp_path_factory):
                                       SEQ_SMALL, n_items=80, item_raw=raw)
 
 
+def _levels(svc, cands):
+    """The checkpoint's per-item levels of ``cands`` (what the service fills in when a request omits them)."""
+    c = torch.as_tensor(cands)
+    return {f.name: f.per_item[c] for f in svc.schema.candidate_features}
+
+
 def _client(ckpt, tmp_path, **kw):
     svc = Service(ServeConfig(checkpoint=str(ckpt), state_file=str(tmp_path / "states.pt"), **kw))
     return svc, TestClient(create_app(svc))
@@ -48,13 +56,13 @@ def test_ctr_answers_equal_the_scorer_and_cached_equals_explicit_history(ctr_ckp
         cached = c.post("/score", json={"user": "u1", "candidates": cands}).json()
         explicit = c.post("/score", json={"history": [5, 6, 7], "candidates": cands}).json()
         ref = svc.scorer.score([svc.scorer.prefill(torch.tensor([5, 6, 7]))], [torch.tensor(cands)],
-                               [svc.item_likes[cands]], [svc.item_views[cands]])[0]
+                               [_levels(svc, cands)])[0]
         assert cached["candidates"] == cands
         assert cached["probabilities"] == pytest.approx(ref.tolist(), abs=1e-5)
         assert explicit["probabilities"] == pytest.approx(ref.tolist(), abs=1e-5)
         # explicit levels are used; the item's training level is the default
-        lv = c.post("/score", json={"user": "u1", "candidates": cands, "likes_level": [9] * 4,
-                                    "views_level": [9] * 4}).json()["probabilities"]
+        lv = c.post("/score", json={"user": "u1", "candidates": cands, "features": {"likes_level": [9] * 4,
+                                    "views_level": [9] * 4}}).json()["probabilities"]
         assert lv != pytest.approx(cached["probabilities"], abs=1e-6)
         top = c.post("/recommend", json={"user": "u1", "candidates": cands, "k": 2}).json()
         order = sorted(range(4), key=lambda i: -cached["probabilities"][i])[:2]
@@ -78,8 +86,15 @@ BAD = [  # (endpoint, body or raw bytes, status, words in the error)
     ("/score", {"candidates": [1]}, 422, "exactly one of 'user'"),
     ("/score", {"user": "u1", "history": [1], "candidates": [1]}, 422, "exactly one of 'user'"),
     ("/score", {"user": "u1", "candidates": [1], "colour": "red"}, 422, "colour"),
-    ("/score", {"user": "u1", "candidates": [1, 2], "likes_level": [1]}, 422, "likes_level: 1 values for 2"),
-    ("/score", {"user": "u1", "candidates": [1], "likes_level": [11]}, 422, "likes_level[0]: 11 is not a level"),
+    ("/score", {"user": "u1", "candidates": [1, 2], "features": {"likes_level": [1]}}, 422,
+     "features.likes_level: 1 values for 2"),
+    ("/score", {"user": "u1", "candidates": [1], "features": {"likes_level": [11]}}, 422,
+     "features.likes_level[0]: 11 is outside 0..10"),
+    ("/score", {"user": "u1", "candidates": [1], "features": {"colour": [1]}}, 422,
+     "features.colour: unknown feature (known: likes_level, views_level)"),
+    ("/score", {"user": "u1", "candidates": [1], "features": {"likes_level": ["a"]}}, 422, "features.likes_level.0"),
+    ("/score", {"user": "u1", "candidates": [1], "likes_level": [1]}, 422, "likes_level"),
+    ("/recommend", {"user": "u1", "k": 3, "features": {"likes_level": [1]}}, 422, "pass 'candidates'"),
     ("/recommend", {"user": "u1", "k": 3}, 422, "pass 'candidates'"),
     ("/recommend", {"user": "u1", "k": 0, "candidates": [1]}, 422, "k"),
     ("/recommend", {"user": "u1", "k": 5000, "candidates": [1]}, 413, "k: 5000"),
@@ -134,13 +149,22 @@ def test_next_item_speaks_raw_ids_and_excludes_seen(seq_ckpt, tmp_path):
         assert c.post("/score", json={"user": "a", "candidates": ["nope"]}).status_code == 422
         assert c.post("/score", json={"user": "a", "candidates": [3]}).status_code == 422  # ints are not raw ids
         assert c.post("/recommend", json={"history": [], "k": 3}).status_code == 422
-        assert c.post("/score", json={"user": "a", "candidates": ["B0001"], "likes_level": [1]}).status_code == 422
+        r = c.post("/score", json={"user": "a", "candidates": ["B0001"], "features": {"likes_level": [1]}})
+        assert r.status_code == 422 and "features.likes_level: unknown feature (known: none" in r.json()["error"]
         same = c.post("/recommend", json={"history": ["B0003", "B0007"], "k": 79}).json()
         assert same["items"] == top["items"]
 
 
+def _entry(x):
+    return UserEntry(ModelState("s", 0, torch.zeros(0, dtype=torch.long), {"x": x}), torch.zeros(0, dtype=torch.long))
+
+
+def _decode(d):
+    return UserEntry(ModelState.from_dict(d["state"]), d["seen"])
+
+
 def test_state_cache_is_lru_within_its_byte_budget_and_restores(tmp_path):
-    one = {"x": torch.zeros(1, 256)}  # 1 KiB + overhead
+    one = _entry(torch.zeros(1, 256))  # 1 KiB + overhead
     size = 1024 + 512
     cache = StateCache(3 * size, fingerprint="f")
     for u in "abc":
@@ -149,16 +173,17 @@ def test_state_cache_is_lru_within_its_byte_budget_and_restores(tmp_path):
     cache.put("d", one)
     assert "b" not in cache and {"a", "c", "d"} <= set(u for u, _ in cache.snapshot()[1])
     assert cache.bytes == 3 * size and cache.evictions == 1
-    cache.put("d", {"x": torch.ones(1, 256)})  # replacing does not double-count
+    cache.put("d", _entry(torch.ones(1, 256)))  # replacing does not double-count
     assert cache.bytes == 3 * size
     cache.save(tmp_path / "s.pt")
     back = StateCache(10 * size, fingerprint="f")
-    assert back.restore(tmp_path / "s.pt") == 3 and torch.equal(back.peek("d")["x"], torch.ones(1, 256))
+    assert back.restore(tmp_path / "s.pt", _decode) == 3
+    assert torch.equal(back.peek("d").state.tensors["x"], torch.ones(1, 256))
     with pytest.raises(SsmrecError, match="another checkpoint"):
-        StateCache(10 * size, fingerprint="g").restore(tmp_path / "s.pt")
+        StateCache(10 * size, fingerprint="g").restore(tmp_path / "s.pt", _decode)
     (tmp_path / "torn.pt").write_bytes((tmp_path / "s.pt").read_bytes()[:100])
     with pytest.raises(SsmrecError, match="torn.pt: cannot read the state cache"):
-        back.restore(tmp_path / "torn.pt")
+        back.restore(tmp_path / "torn.pt", _decode)
     with pytest.raises(SsmrecError, match="over the whole cache budget"):
         StateCache(100).put("a", one)
 
@@ -211,13 +236,13 @@ def test_queued_events_of_one_user_are_applied_in_arrival_order(ctr_ckpt, tmp_pa
     try:
         assert [f.result(timeout=60)["events"] for f in futures] == [9] * 6  # one batched run, one count
         c = torch.tensor([1, 5, 7])
-        got = svc.engine.submit(Score("a", None, c, svc.item_likes[c], svc.item_views[c])).result(timeout=60)
+        got = svc.engine.submit(Score("a", None, c, _levels(svc, c))).result(timeout=60)
     finally:
         svc.engine.stop()
     flat = torch.tensor([i for x in seq for i in x] + [11, 12])
-    want = svc.scorer.score([svc.scorer.prefill(flat)], [c], [svc.item_likes[c]], [svc.item_views[c]])[0]
+    want = svc.scorer.score([svc.scorer.prefill(flat)], [c], [_levels(svc, c)])[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    wrong = svc.scorer.score([svc.scorer.prefill(flat.flip(0))], [c], [svc.item_likes[c]], [svc.item_views[c]])[0]
+    wrong = svc.scorer.score([svc.scorer.prefill(flat.flip(0))], [c], [_levels(svc, c)])[0]
     assert not torch.allclose(got, wrong, atol=1e-4)
 
 
@@ -237,3 +262,83 @@ def test_serve_cli_rejects_bad_arguments_in_one_line(ctr_ckpt, tmp_path):
     StateCache(1 << 20, fingerprint="x").save(tmp_path / "st.pt")
     r = run_cli("serve", "--checkpoint", other, "--state-file", tmp_path / "st.pt", "--port", "0")
     assert r.returncode == 2 and "written for another checkpoint" in r.stderr
+
+
+def test_exclude_seen_with_few_eligible_items_answers_the_shorter_list(ctr_ckpt, seq_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path)
+    with client as c:
+        c.post("/events", json={"user": "u", "items": [5, 6, 7]})
+        r = c.post("/recommend", json={"user": "u", "k": 3, "exclude_seen": True, "candidates": [5, 6, 9]})
+        assert r.status_code == 200 and r.json()["items"] == [9] and len(r.json()["scores"]) == 1
+    svc, client = _client(seq_ckpt, tmp_path / "seq")
+    with client as c:
+        items = [f"B{i:04d}" for i in range(1, 78)]  # 77 of the 79 items seen (far beyond the window)
+        c.post("/events", json={"user": "a", "items": items})
+        r = c.post("/recommend", json={"user": "a", "k": 10, "exclude_seen": True})
+        assert r.status_code == 200 and sorted(r.json()["items"]) == ["B0078", "B0079"]
+
+
+def test_a_non_finite_score_answers_500_in_one_line_and_is_counted(ctr_ckpt, tmp_path):
+    svc, client = _client(ctr_ckpt, tmp_path)
+    with client as c:
+        c.post("/events", json={"user": "u", "items": [5]})
+        with torch.no_grad():
+            svc.scorer.model.out.bias.fill_(float("nan"))
+        r = c.post("/score", json={"user": "u", "candidates": [1, 2]})
+        assert r.status_code == 500 and "non-finite" in r.json()["error"] and "\n" not in r.json()["error"]
+        r = c.post("/recommend", json={"user": "u", "k": 2, "candidates": [1, 2]})
+        assert r.status_code == 500
+        metrics = c.get("/metrics").text
+        assert 'ssmrec_nonfinite_responses_total{endpoint="/score"} 1.0' in metrics
+        assert 'ssmrec_nonfinite_responses_total{endpoint="/recommend"} 1.0' in metrics
+
+
+def test_events_are_applied_once_and_in_order_when_part_of_a_batch_fails(ctr_ckpt, tmp_path, monkeypatch):
+    from ssmrec.serve.engine import Events
+
+    svc = Service(ServeConfig(checkpoint=str(ctr_ckpt), state_file=str(tmp_path / "s.pt")))
+    real = svc.scorer.update
+
+    def flaky(entries, events):  # the item 299 breaks any call it is part of
+        if any(bool((e == 299).any()) for e in events):
+            raise RuntimeError("injected failure")
+        return real(entries, events)
+
+    svc.engine.start()
+    try:
+        for f in [svc.engine.submit(Events(u, torch.tensor([1, 2, 3]))) for u in ("a", "b")]:
+            f.result(timeout=60)
+        monkeypatch.setattr(svc.scorer, "update", flaky)
+        svc.engine.stop()  # queue a run of events for a, b and a again while the engine is stopped
+        futures = [svc.engine.submit(Events("a", torch.tensor([7]))), svc.engine.submit(Events("b", torch.tensor([299]))),
+                   svc.engine.submit(Events("a", torch.tensor([8])))]
+        svc.engine.start()
+        assert futures[0].result(timeout=60)["events"] == futures[2].result(timeout=60)["events"] == 5
+        with pytest.raises(RuntimeError, match="injected"):
+            futures[1].result(timeout=60)
+    finally:
+        svc.engine.stop()
+    a, b = svc.cache.peek("a"), svc.cache.peek("b")
+    assert a.state.window.tolist() == [1, 2, 3, 7, 8] and a.n_events == 5  # once each, in order
+    assert b.state.window.tolist() == [1, 2, 3] and b.n_events == 3  # the failed events left b as it was
+    want = svc.scorer.prefill(torch.tensor([1, 2, 3, 7, 8]))
+    for k, v in want.state.tensors.items():
+        torch.testing.assert_close(a.state.tensors[k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_a_restored_entry_that_does_not_match_the_schema_is_refused_in_one_line(ctr_ckpt, tmp_path):
+    from tests.conftest import run_cli
+
+    svc, client = _client(ctr_ckpt, tmp_path)
+    with client as c:
+        c.post("/events", json={"user": "u", "items": [5, 6]})
+    blob = torch.load(tmp_path / "states.pt", weights_only=True)
+    blob["states"][0]["state"]["tensors"]["out"] = torch.zeros(1, 3, 3)  # same fingerprint, damaged entry
+    torch.save(blob, tmp_path / "damaged.pt")
+    r = run_cli("serve", "--checkpoint", ctr_ckpt, "--state-file", tmp_path / "damaged.pt", "--port", "0")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "user 'u': state tensor 'out' is (1, 3, 3)" in r.stderr
+    # a cache written in incremental mode is not restored by a recompute-mode service
+    r = run_cli("serve", "--checkpoint", ctr_ckpt, "--state-file", tmp_path / "states.pt", "--mode", "recompute",
+                "--port", "0")
+    assert r.returncode == 2 and "another checkpoint or serving mode" in r.stderr

@@ -98,7 +98,7 @@ def test_sigkill_under_load_loses_nothing_older_than_the_persist_interval(tmp_pa
         # ... and its state: the restored-then-stepped state scores as the state of the same events
         # (user0's n-th event was item 1 + n % 290, the load loop's) computed afresh from the history
         # (an explicit-history request: one prefill, never persisted). Tolerance as in
-        # tests/serve/test_scorers.py: float32 parallel prefill vs one step at a time (measured ~1e-7
+        # tests/models/test_incremental_parity.py: float32 parallel prefill vs one step at a time (measured ~1e-7
         # here; a restore that lost the recurrent state moves some scores by ~0.1).
         history = [1 + i % 290 for i in range(restored["user0"])] + [5]
         cands = list(range(1, 300, 12))  # many: a wrong state can move only a few candidates' scores
@@ -113,4 +113,4 @@ def test_sigkill_under_load_loses_nothing_older_than_the_persist_interval(tmp_pa
     import torch
 
     blob = torch.load(state, weights_only=True)
-    assert int(blob["states"][blob["users"].index("user0")]["n"][0]) == r["events"]
+    assert blob["states"][blob["users"].index("user0")]["state"]["n_events"] == r["events"]

@@ -15,8 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 from ssmrec.config import from_dict
 from ssmrec.errors import TrainingDiverged
-from ssmrec.train import checkpoint
-from ssmrec.train.trainer import Trainer, load_model
+from ssmrec import checkpoint
+from ssmrec.checkpoint import load_model
+from ssmrec.train.trainer import Trainer
 from tests.conftest import run_cli
 
 MODELS = {

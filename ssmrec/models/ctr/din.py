@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ssmrec.data.mmctr import CTRBatch
+from ssmrec.models.ctr.base import CTRModel
 from ssmrec.nn.attention import DINAttention
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import ACTIVATIONS, MLP, fuxictr_init
@@ -43,7 +44,9 @@ class DINConfig:
 
 
 @register("ctr", "din", DINConfig)
-class DIN(nn.Module):
+class DIN(nn.Module, CTRModel):
+    """Served from the window alone: ``forward`` on it per request (no incremental form)."""
+
     def __init__(self, cfg: DINConfig, item_tags, item_emb, n_tags):
         super().__init__()
         self.cfg = cfg

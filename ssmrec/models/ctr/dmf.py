@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmrec.data.mmctr import CTRBatch
+from ssmrec.models.ctr.base import CTRModel
 from ssmrec.nn.attention import TargetAttention, similarity_buckets, similarity_histogram
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import MLP, fuxictr_init
@@ -67,7 +68,12 @@ class DMFConfig:
 
 
 @register("ctr", "dmf", DMFConfig)
-class DMF(nn.Module):
+class DMF(nn.Module, CTRModel):
+    """Serving state: the window's ID keys / values and multimodal unit vectors, one entry per event
+    with no recurrence, so the oldest entry is dropped when the window slides (O(1) at any length)."""
+
+    state_layout = "id-kv+mm"
+    advances = slides = True
     def __init__(self, cfg: DMFConfig, item_tags, item_emb, n_tags):
         super().__init__()
         self.cfg = cfg
@@ -144,7 +150,36 @@ class DMF(nn.Module):
         """Logits (B, C) of C candidates per user; ``item_id``/levels are (B, C)."""
         d = self.cfg.embedding_dim
         target = self.embedding.items(item_id)  # (B, C, D_item)
-        side = torch.cat([self.embedding.likes_table(likes_level), self.embedding.views_table(views_level)], -1)
+        side = self.embedding.side(likes_level, views_level)
         cos = torch.einsum("bcm,blm->bcl", self.mm_unit(item_id), user["hist_mm"])
         return self._score(cos, user["mask"].unsqueeze(1), target[..., :d], user["k_id"].unsqueeze(1),
                            user["v_id"].unsqueeze(1), side, target)
+
+    # -- incremental inference: the decoupled user side, one event at a time ---------------------
+    def encode_window(self, window):
+        k, v = self.dta.project_kv(self.embedding.id_table(window))
+        return {"k_id": k[None].clone(), "v_id": v[None].clone(), "hist_mm": self.mm_unit(window)[None].clone()}
+
+    def advance(self, tensors, events, n_before):
+        new = self.encode_window(torch.cat(events))  # one matmul for every user's events
+        out, a = [], 0
+        for t, e in zip(tensors, events):
+            b = a + len(e)
+            out.append({k: torch.cat([t[k], new[k][:, a:b]], dim=1) for k in t})
+            a = b
+        return out
+
+    @torch.inference_mode()
+    def score(self, states, candidates, features=None):
+        out = []
+        for i, (st, c) in enumerate(zip(states, candidates)):
+            likes, views = self.candidate_side(None if features is None else features[i], len(c))
+            t = st.tensors
+            n = t["k_id"].shape[1]
+            if n:
+                user = {**t, "mask": torch.ones(1, n, dtype=torch.bool)}
+            else:  # no history: one masked slot, as a padded row
+                user = {k: x.new_zeros(1, 1, x.shape[-1]) for k, x in t.items()}
+                user["mask"] = torch.zeros(1, 1, dtype=torch.bool)
+            out.append(torch.sigmoid(self.score_candidates(user, c[None], likes[None], views[None])[0]))
+        return out

@@ -24,13 +24,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmrec.data.mmctr import CTRBatch
+from ssmrec.models.ctr.base import CTRModel
+from ssmrec.models.incremental import ModelState
 from ssmrec.data.schema import ITEM_EMB_DIM
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import (AttentionalGRU, QuadraticNet, ResidualGELUHead, fuxictr_init, masked_max,
                               masked_softmax)
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
-from ssmrec.nn.recurrent import MambaLayer, RecurrentStack
+from ssmrec.nn.recurrent import MambaLayer, RecurrentStack, layer_states, named_states
 from ssmrec.params import Bool, NonNegFloat, PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -148,10 +150,18 @@ def _upgrade_stage1_keys(state_dict, prefix, *args):
 
 
 @register("ctr", "mambactr", MambaCTRConfig)
-class MambaCTR(nn.Module):
+class MambaCTR(nn.Module, CTRModel):
+    """Serving state (:mod:`ssmrec.models.incremental`): the Stage-I Mamba stack's per-layer (conv, ssm)
+    states and the newest Stage-I outputs Stage II reads (``out``, ``out_mask``: the last ``window``
+    for the AUGRU; the whole training window for the paper's cosine GRU), fixed size. With the
+    Transformer twin (not causal) every event re-encodes the window."""
+
+    state_layout = "stage1+outputs"
+
     def __init__(self, cfg: MambaCTRConfig, item_tags, item_emb, n_tags):
         super().__init__()
         self.cfg = cfg
+        self.advances = cfg.stage1 != "transformer"
         self.embedding = MMCTRFeatureEmbedding(item_tags, item_emb, n_tags, cfg.embedding_dim, cfg.use_mm_emb,
                                                cfg.level_zero_is_padding)
         d = self.embedding.item_dim
@@ -199,6 +209,64 @@ class MambaCTR(nn.Module):
         interest = torch.cat([u[:, -1], self.pool_proj(masked_max(u, mk, dim=1, fill=0.0))], dim=-1)
         z = self.head(torch.cat([side, target, interest], dim=-1))
         return self.out(z).squeeze(-1)
+
+    # -- incremental inference ----------------------------------------------------------------
+    def serving_refusal(self):
+        cfg = self.cfg
+        if not cfg.padding_noop and cfg.stage1 != "transformer":
+            return "serving needs model_params.padding_noop: true (padded steps must not move the state)"
+        if cfg.drop_newest_on_full or cfg.inverted_padding_mask:
+            return "serving does not reproduce the reference quirks drop_newest_on_full / inverted_padding_mask"
+        return None
+
+    @property
+    def output_slots(self) -> int:
+        """Stage-I outputs Stage II reads: the AUGRU's last ``window`` of the training window (as many slots
+        as the forward's ``h[:, -window:]``: its max-pool counts padded slots as zeros); the cosine GRU's
+        whole training window."""
+        return min(self.cfg.window, self.serving_window) if self.cfg.stage2 == "augru" else self.serving_window
+
+    def encode_window(self, window):
+        K, D = self.output_slots, self.embedding.item_dim
+        n = len(window)
+        x = self.embedding.items(window)[None]
+        if not self.encoder.recurrent:
+            h, states = (self.encoder(x, torch.ones(1, n, dtype=torch.bool)) if n else x), None
+        elif n:
+            h, states = self.encoder.layers.prefill(x)
+        else:
+            h, states = x, self.encoder.layers.allocate_state(1)
+        m = min(n, K)
+        out, mask = torch.zeros(1, K, D), torch.zeros(1, K, dtype=torch.bool)
+        if m:
+            out[:, K - m:], mask[:, K - m:] = h[:, n - m:], True
+        return {**(named_states([(c.clone(), s.clone()) for c, s in states]) if states else {}),
+                "out": out, "out_mask": mask}
+
+    def step_tensors(self, tensors, items, positions):
+        states = layer_states(tensors, len(self.encoder.layers))
+        y, states = self.encoder.layers.step(self.embedding.items(items), states)
+        return {**named_states(states), "out": torch.cat([tensors["out"][:, 1:], y[:, None]], dim=1),
+                "out_mask": torch.cat([tensors["out_mask"][:, 1:], torch.ones_like(tensors["out_mask"][:, :1])], 1)}
+
+    @torch.inference_mode()
+    def score(self, states: list[ModelState], candidates, features=None):
+        # One user at a time: the per-candidate Stage II + head is FLOP-bound, so batching users buys
+        # nothing, while gathering every candidate's copy of its user's window cost ~20 % (measured).
+        out = []
+        for i, (st, cand) in enumerate(zip(states, candidates)):
+            likes, views = self.candidate_side(None if features is None else features[i], len(cand))
+            out.append(torch.sigmoid(self.score_outputs(st.tensors["out"], st.tensors["out_mask"], cand,
+                                                        likes, views)))
+        return out
+
+    def score_outputs(self, out, out_mask, candidates, likes, views):
+        """Logits of ``C`` candidates against one user's Stage-I outputs ``(1, K, D)``: the GRU's input
+        projection runs once, the outputs are broadcast over the candidates without copies."""
+        R = candidates.shape[0]  # not len(): keeps the candidate count dynamic under torch.export
+        gru_x = self.gru.in_proj(out) if self.cfg.stage2 == "augru" else None
+        return self.score_window(out.expand(R, -1, -1), out_mask.expand(R, -1), self.embedding.items(candidates),
+                                 self.embedding.side(likes, views), gru_x)
 
     @staticmethod
     def next_item_loss(h, e, mask):

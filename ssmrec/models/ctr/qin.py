@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ssmrec.data.mmctr import CTRBatch
+from ssmrec.models.ctr.base import CTRModel
 from ssmrec.nn.attention import TargetAttention
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
 from ssmrec.nn.layers import MLP, QuadraticNet, fuxictr_init, masked_mean
@@ -47,7 +48,9 @@ class QINConfig:
 
 
 @register("ctr", "qin", QINConfig)
-class QIN(nn.Module):
+class QIN(nn.Module, CTRModel):
+    """Served from the window alone: ``forward`` on it per request (no incremental form)."""
+
     def __init__(self, cfg: QINConfig, item_tags, item_emb, n_tags):
         super().__init__()
         self.cfg = cfg

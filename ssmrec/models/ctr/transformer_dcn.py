@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ssmrec.data.mmctr import CTRBatch
+from ssmrec.models.ctr.base import CTRModel
 from ssmrec.data.schema import ITEM_EMB_DIM
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
@@ -53,7 +54,9 @@ class TransformerDCNConfig:
 
 
 @register("ctr", "transformer_dcn", TransformerDCNConfig)
-class TransformerDCN(nn.Module):
+class TransformerDCN(nn.Module, CTRModel):
+    """Served from the window alone: ``forward`` on it per request (no incremental form)."""
+
     def __init__(self, cfg: TransformerDCNConfig, item_tags, item_emb, n_tags):
         super().__init__()
         self.cfg = cfg

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 
+from ssmrec.models.incremental import IncrementalModel, ModelState
 
-class SeqRecModel(nn.Module, ABC):
+
+class SeqRecModel(nn.Module, IncrementalModel, ABC):
     """Base class: ``item_table`` (n_items x D, row 0 = padding) is both the input embedding and the
-    prediction layer (scores ``h · Eᵀ``), as in RecBole's sequential models."""
+    prediction layer (scores ``h · Eᵀ``), as in RecBole's sequential models.
+
+    Serving (:mod:`ssmrec.models.incremental`): a model whose state holds ``h`` (the newest output,
+    what is scored) ranks the catalogue by one product; any other is served from its window by
+    ``forward`` (:meth:`offline_score_all`, what evaluation computes)."""
+
+    serving_task = "next_item"
+    cloze = False  # BERT4Rec: [MASK] appended to the window and scored
 
     def __init__(self, n_items: int, dim: int):
         super().__init__()
@@ -38,6 +48,50 @@ class SeqRecModel(nn.Module, ABC):
             return e
         f = self.feature_proj(self.item_features if ids is None else self.item_features[ids])
         return f if self.feature_mode == "replace" else e + f
+
+    @property
+    def catalogue_size(self) -> int:
+        """Items including the padding id 0 ([MASK] rows excluded)."""
+        return getattr(self, "n_items", self.item_table.num_embeddings)
+
+    def window_batch(self, windows: list[torch.Tensor]):
+        """Right-padded windows as evaluation builds them (Cloze models: followed by [MASK])."""
+        seqs = [w[-self.serving_window:] for w in windows]
+        if self.cloze:
+            seqs = [torch.cat([q, torch.tensor([self.mask_id])]) for q in seqs]
+        lengths = torch.tensor([len(q) for q in seqs])
+        item_seq = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
+        for i, q in enumerate(seqs):
+            item_seq[i, :len(q)] = q
+        return SimpleNamespace(item_seq=item_seq, lengths=lengths, target=None)
+
+    def _ranked(self, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores[:, :self.catalogue_size].clone()
+        scores[:, 0] = float("-inf")  # padding
+        return scores
+
+    @torch.inference_mode()
+    def offline_score_all(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """Scores of every item ``(B, n_items)`` by ``forward`` on the windows; column 0 is -inf."""
+        if any(len(w) == 0 for w in windows):
+            raise ValueError("a user with no events has no next-item state yet; send an event first")
+        return self._ranked(self(self.window_batch(windows))["logits"])
+
+    @torch.inference_mode()
+    def score_all(self, states: list[ModelState]) -> torch.Tensor:
+        if any(s.n_events == 0 for s in states):
+            raise ValueError("a user with no events has no next-item state yet; send an event first")
+        if "h" in states[0].tensors:
+            return self._ranked(self.full_sort_predict(torch.cat([s.tensors["h"] for s in states])))
+        return self.offline_score_all([s.window for s in states])
+
+    @torch.inference_mode()
+    def score(self, states: list[ModelState], candidates: list[torch.Tensor], features=None) -> list[torch.Tensor]:
+        """Softmax probability over the catalogue of each candidate."""
+        if features:
+            raise ValueError("features: a next-item model takes no candidate features")
+        logp = torch.log_softmax(self.score_all(states), dim=-1)
+        return [logp[i, c].exp() for i, c in enumerate(candidates)]
 
     @abstractmethod
     def encode(self, batch) -> torch.Tensor:

@@ -33,6 +33,8 @@ class BERT4RecConfig:
 
 @register("next_item", "bert4rec", BERT4RecConfig)
 class BERT4Rec(SeqRecModel):
+    """Bidirectional: served from the window by ``forward`` (window + [MASK]) per request."""
+
     cloze = True  # the task trains it with masked items and appends [MASK] when scoring
 
     def __init__(self, cfg: BERT4RecConfig, n_items: int):

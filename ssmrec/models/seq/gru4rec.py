@@ -21,6 +21,11 @@ class GRU4RecConfig:
 
 @register("next_item", "gru4rec", GRU4RecConfig)
 class GRU4Rec(SeqRecModel):
+    """Serving state: the GRU's hidden state per layer and the newest output ``h``; O(1) per event within
+    the window."""
+
+    state_layout = "gru-hidden+h"
+    advances = True
     def __init__(self, cfg: GRU4RecConfig, n_items: int):
         super().__init__(n_items, cfg.embedding_size)
         self.cfg = cfg
@@ -34,3 +39,15 @@ class GRU4Rec(SeqRecModel):
     def encode(self, batch) -> torch.Tensor:
         h, _ = self.gru(self.dropout(self.item_vectors(batch.item_seq)))
         return self.dense(h)
+
+    # -- incremental inference ----------------------------------------------------------------
+    def encode_window(self, window):
+        cfg = self.cfg
+        if not len(window):
+            return {"hidden": torch.zeros(1, cfg.num_layers, cfg.hidden_size), "h": torch.zeros(1, cfg.embedding_size)}
+        out, hidden = self.gru(self.dropout(self.item_vectors(window[None])))
+        return {"hidden": hidden.transpose(0, 1).clone(), "h": self.dense(out[:, -1]).clone()}
+
+    def step_tensors(self, tensors, items, positions):
+        out, hidden = self.gru(self.dropout(self.item_vectors(items))[:, None], tensors["hidden"].transpose(0, 1).contiguous())
+        return {"hidden": hidden.transpose(0, 1), "h": self.dense(out[:, 0])}

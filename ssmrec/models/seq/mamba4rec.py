@@ -20,7 +20,7 @@ import torch.nn as nn
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.layers import PositionwiseFeedForward, recbole_init
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
-from ssmrec.nn.recurrent import MambaLayer, RecurrentStack
+from ssmrec.nn.recurrent import MambaLayer, RecurrentStack, layer_states, named_states
 from ssmrec.params import Bool, PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -64,6 +64,11 @@ def mamba4rec_layer(cfg: Mamba4RecConfig, residual: bool) -> MambaLayer:
 
 @register("next_item", "mamba4rec", Mamba4RecConfig)
 class Mamba4Rec(SeqRecModel):
+    """Serving state: the stack's per-layer (conv, ssm) states and the newest output ``h``; O(1) per
+    event within the window."""
+
+    state_layout = "mamba-states+h"
+    advances = True
     def __init__(self, cfg: Mamba4RecConfig, n_items: int):
         super().__init__(n_items, cfg.hidden_size)
         self.cfg = cfg
@@ -85,3 +90,15 @@ class Mamba4Rec(SeqRecModel):
     def encode(self, batch) -> torch.Tensor:
         return self.layers(self.embed(batch.item_seq, torch.arange(batch.item_seq.shape[1],
                                                                    device=batch.item_seq.device)))
+
+    # -- incremental inference ----------------------------------------------------------------
+    def encode_window(self, window):
+        n = len(window)
+        if not n:
+            return {**named_states(self.layers.allocate_state(1)), "h": torch.zeros(1, self.cfg.hidden_size)}
+        h, states = self.layers.prefill(self.embed(window[None], torch.arange(n)))
+        return {**named_states([(c.clone(), s.clone()) for c, s in states]), "h": h[:, -1].clone()}
+
+    def step_tensors(self, tensors, items, positions):
+        y, states = self.layers.step(self.embed(items, positions), layer_states(tensors, len(self.layers)))
+        return {**named_states(states), "h": y}

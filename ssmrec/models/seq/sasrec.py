@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from ssmrec.models.incremental import pad_left, pad_right
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.layers import recbole_init
@@ -33,6 +34,12 @@ class SASRecConfig:
 
 @register("next_item", "sasrec", SASRecConfig)
 class SASRec(SeqRecModel):
+    """Serving state: every layer's keys and values of the window's positions (causal: they never
+    change while the window grows) and the newest output ``h``; an event is one query per layer against
+    the cached keys, O(window)."""
+
+    state_layout = "kv-cache+h"
+    advances = True
     def __init__(self, cfg: SASRecConfig, n_items: int):
         super().__init__(n_items, cfg.hidden_size)
         self.cfg = cfg
@@ -45,7 +52,47 @@ class SASRec(SeqRecModel):
         recbole_init(self)
 
     def encode(self, batch) -> torch.Tensor:
-        L = batch.item_seq.shape[1]
-        pos = torch.arange(L, device=batch.item_seq.device).clamp_max(self.cfg.max_len - 1)
-        h = self.dropout(self.norm(self.item_vectors(batch.item_seq) + self.position_table(pos)))
+        h = self._input(batch.item_seq, torch.arange(batch.item_seq.shape[1], device=batch.item_seq.device))
         return self.encoder(h, batch.item_seq > 0)
+
+    # -- incremental inference: a key/value cache ------------------------------------------------
+    def _input(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(self.item_vectors(ids) + self.position_table(positions.clamp_max(self.cfg.max_len - 1))))
+
+    def encode_window(self, window):
+        d, n = self.cfg.hidden_size, len(window)
+        if not n:
+            empty = {f"{kv}{i}": torch.zeros(1, 0, d) for i in range(self.cfg.num_layers) for kv in "kv"}
+            return {**empty, "h": torch.zeros(1, d)}
+        x, kvs = self.encoder.prefill(self._input(window[None], torch.arange(n)))
+        out = {"h": x[:, -1].clone()}
+        for i, (k, v) in enumerate(kvs):
+            out[f"k{i}"], out[f"v{i}"] = k.clone(), v.clone()
+        return out
+
+    def advance(self, tensors, events, n_before):
+        ids, valid = pad_right(events)
+        n_layers = self.cfg.num_layers
+        caches = []  # per layer: keys, values, keep (B, n0 + t) -- users' caches left-padded to one width
+        for i in range(n_layers):
+            K, keep = pad_left([t[f"k{i}"] for t in tensors])
+            caches.append([K, pad_left([t[f"v{i}"] for t in tensors])[0], keep])
+        width = caches[0][0].shape[1]
+        h = torch.cat([t["h"] for t in tensors])
+        pos = torch.tensor(n_before)
+        for t in range(ids.shape[1]):
+            x = self._input(ids[:, t], pos + t)
+            for i, c in enumerate(caches):
+                x, k, v = self.encoder.step_layer(i, x, *c)
+                c[0], c[1] = torch.cat([c[0], k[:, None]], 1), torch.cat([c[1], v[:, None]], 1)
+                c[2] = torch.cat([c[2], valid[:, t, None]], 1)
+            h = torch.where(valid[:, t, None], x, h)
+        out = []
+        for b, t in enumerate(tensors):
+            new = {"h": h[b:b + 1].clone()}
+            for i, (K, V, _) in enumerate(caches):
+                sel = valid[b]
+                new[f"k{i}"] = torch.cat([t[f"k{i}"], K[b:b + 1, width:][:, sel]], 1)
+                new[f"v{i}"] = torch.cat([t[f"v{i}"], V[b:b + 1, width:][:, sel]], 1)
+            out.append(new)
+        return out

@@ -2,7 +2,9 @@
 read with ``weights_only=True`` (loading never runs code).
 
 A checkpoint is self-contained: weights, the resolved run config, the task's feature map and the
-``artifacts`` (item tables) the model needs, so a model is rebuilt without its training data.
+``artifacts`` (item tables) the model needs, so a model is rebuilt without its training data. This is
+the one loader below both training and serving: :func:`load_model` (checkpoint -> model) and
+:func:`load_for_serving` (checkpoint -> model + its typed :class:`~ssmrec.data.schema.ServingSchema`).
 """
 
 from __future__ import annotations
@@ -56,3 +58,37 @@ def load(path, require: tuple[str, ...] = ()) -> dict:
     if not isinstance(ck["config"], dict) or not isinstance(ck["feature_map"], dict):
         raise SsmrecError(f"{path}: not an ssmrec checkpoint (malformed 'config' / 'feature_map')")
     return ck
+
+
+def load_model(ckpt_path, device="cpu"):
+    """Rebuild a trained model from its checkpoint alone (weights, config, feature map, item tables).
+    Returns ``(model, cfg, task, checkpoint dict)``; the task has no data loaded yet (call
+    ``task.setup(splits)``)."""
+    from ssmrec.config import from_dict
+    from ssmrec.nn.mamba import prepare_kernels
+    from ssmrec.tasks import task_class
+
+    ck = load(ckpt_path)
+    cfg = from_dict(ck["config"], source=str(ckpt_path))
+    task = task_class(cfg.task)(cfg)
+    artifacts = ck.get("artifacts")
+    if artifacts is None:  # checkpoints written before they were self-contained: read the data folder
+        task.setup(("valid",))
+        model = task.build_model()
+    else:
+        model = task.build_model(artifacts, ck["feature_map"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:  # weights from another ssmrec version or an edited config
+        raise SsmrecError(f"{ckpt_path}: weights do not match the model in its config "
+                          f"({one_line(str(e).splitlines()[-1].strip(), 200)})") from None
+    model.to(device).eval()
+    prepare_kernels(model, device)  # a kernel build is never timed as inference
+    return model, cfg, task, ck
+
+
+def load_for_serving(ckpt_path, device="cpu"):
+    """``(model, schema, checkpoint dict)``: the model and what a request may carry (item ids, the
+    training window, named candidate features with their ranges and per-item defaults)."""
+    model, cfg, task, ck = load_model(ckpt_path, device)
+    return model, task.serving_schema(ck["feature_map"], ck.get("artifacts") or {}, cfg.model), ck
