@@ -91,6 +91,13 @@ def test_sigkill_under_load_loses_nothing_older_than_the_persist_interval(tmp_pa
             assert restored[user] <= log[-1][1], "restored more events than were acknowledged"
             safe = max([n for t, n in log if t <= guaranteed], default=0)
             assert restored[user] >= safe > 0, (user, restored[user], safe, log[-1])
+        # the restored state scores as the same events computed afresh (user0's n-th event was item
+        # 1 + n % 290, the load loop's), before any new event could rebuild it
+        cands = list(range(1, 300, 12))  # many: a wrong state can move only a few candidates' scores
+        history = [1 + i % 290 for i in range(restored["user0"])]
+        cached = httpx.post(f"{url}/score", json={"user": "user0", "candidates": cands}).json()["probabilities"]
+        fresh = httpx.post(f"{url}/score", json={"history": history, "candidates": cands}).json()["probabilities"]
+        assert cached == pytest.approx(fresh, abs=2e-5, rel=1e-4), (cached, fresh)
         # and it serves: an event on a restored user continues its count (the count read before the
         # event, itself bounded by the acknowledgements above, plus one) ...
         r = httpx.post(f"{url}/events", json={"user": "user0", "items": [5]}).json()
@@ -100,8 +107,7 @@ def test_sigkill_under_load_loses_nothing_older_than_the_persist_interval(tmp_pa
         # (an explicit-history request: one prefill, never persisted). Tolerance as in
         # tests/models/test_incremental_parity.py: float32 parallel prefill vs one step at a time (measured ~1e-7
         # here; a restore that lost the recurrent state moves some scores by ~0.1).
-        history = [1 + i % 290 for i in range(restored["user0"])] + [5]
-        cands = list(range(1, 300, 12))  # many: a wrong state can move only a few candidates' scores
+        history = history + [5]
         cached = httpx.post(f"{url}/score", json={"user": "user0", "candidates": cands}).json()["probabilities"]
         fresh = httpx.post(f"{url}/score", json={"history": history, "candidates": cands}).json()["probabilities"]
         assert cached == pytest.approx(fresh, abs=2e-5, rel=1e-4), (cached, fresh)
