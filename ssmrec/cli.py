@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the user's whole history (not only the max_len items the model reads)")
     rec.set_defaults(func=_cmd_recommend)
 
-    srv = sub.add_parser("serve", help="HTTP service for a CTR / next-item checkpoint: /score /recommend /events "
+    srv = sub.add_parser("serve", help="HTTP service for a CTR / next-item / retrieval checkpoint: /score /recommend /events "
                          "/health /metrics; per-user state bounded by the training window, O(1) per event "
                          "within it, scores equal to the offline forward on that window")
     srv.add_argument("--checkpoint", required=True)

@@ -40,6 +40,18 @@ def test_readme_model_example_trains(tmp_path, tiny_world):
     r = run_cli("train", "--config", tmp_path / "mean_pool.yaml", "--set", "model_params.hidden=[0]",
                 "--overwrite", env=env)
     assert r.returncode == 2 and "'model_params.hidden.0' must be > 0" in r.stderr
+    # The CTRModel mixin makes it servable: its served score equals forward on its window.
+    script = ("import sys, torch; from ssmrec.checkpoint import load_model; from ssmrec.serve.adapter import ServingAdapter;"
+              "m, *_ = load_model(sys.argv[1]); a = ServingAdapter(m); e = a.prefill(torch.tensor([3, 1, 4]));"
+              "c = torch.tensor([2, 5]); f = [{'likes_level': c * 0, 'views_level': c * 0}];"
+              "print(a.score([e], [c], f)[0].tolist() == m.offline_score([torch.tensor([3, 1, 4])], [c], f)[0].tolist())")
+    import subprocess
+    import sys
+
+    ckpt = next((tmp_path / "runs").glob("*/best.pt"))
+    out = subprocess.run([sys.executable, "-c", script, str(ckpt)], capture_output=True, text=True,
+                         env={**__import__("os").environ, **env})
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
     # Without the plugin the name is unknown, in one line that lists the known models.
     r = run_cli("train", "--config", tmp_path / "mean_pool.yaml", "--overwrite",
                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})

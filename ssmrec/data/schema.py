@@ -35,6 +35,9 @@ class ServingSchema:
     window: int  # the newest events the model reads (data.max_len)
     item_raw: list[str] | None = None  # the dataset's own item ids by index, when the checkpoint has them
     candidate_features: tuple[CandidateFeature, ...] = field(default_factory=tuple)
+    padding_id: int | None = 0  # retrieval catalogues have none: every row is an item
+    user_ids: list[str] | None = None  # retrieval: the users whose encoded rows the checkpoint carries
+    user_features: dict | None = None  # retrieval: numeric / categorical names, vocab, stats
 
     def feature(self, name: str) -> CandidateFeature | None:
         return next((f for f in self.candidate_features if f.name == name), None)

@@ -39,7 +39,7 @@ from torch import Tensor
 STATE_SCHEMA_VERSION = 2
 
 __all__ = ["ModelState", "IncrementalModel", "StateSchemaError", "STATE_SCHEMA_VERSION", "as_ids", "pad_left",
-           "pad_right"]
+           "pad_right", "split_rows"]
 
 
 class StateSchemaError(ValueError):
@@ -48,6 +48,11 @@ class StateSchemaError(ValueError):
 
 def as_ids(x) -> Tensor:
     return torch.as_tensor(x, dtype=torch.long).reshape(-1)
+
+
+def split_rows(tensors: dict[str, Tensor], n: int) -> list[dict[str, Tensor]]:
+    """Batched tensors ``(n, ...)`` -> one dict per row, each ``(1, ...)`` and a fresh copy."""
+    return [{k: v[b:b + 1].clone() for k, v in tensors.items()} for b in range(n)]
 
 
 def pad_left(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -144,6 +149,11 @@ class IncrementalModel:
     def encode_window(self, window: Tensor) -> dict[str, Tensor]:
         return {}
 
+    def encode_windows(self, windows: Tensor) -> list[dict[str, Tensor]]:
+        """``encode_window`` of each row of ``windows (B, n)`` (windows of one length): models with a
+        batched prefill override this, so that users whose window slid are rebuilt in one pass."""
+        return [self.encode_window(w) for w in windows]
+
     def serving_refusal(self) -> str | None:
         """Why this configuration cannot be served exactly as it is evaluated (None: it can)."""
         return None
@@ -167,7 +177,7 @@ class IncrementalModel:
             else:
                 v = valid[:, t]
                 batched = {k: torch.where(v.view(-1, *[1] * (x.dim() - 1)), x, batched[k]) for k, x in new.items()}
-        return [{k: x[b:b + 1].clone() for k, x in batched.items()} for b in range(len(events))]
+        return split_rows(batched, len(events))
 
     def trim(self, tensors: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
         return {k: v[:, -keep:].clone() if keep else v[:, :0].clone() for k, v in tensors.items()}
@@ -189,7 +199,7 @@ class IncrementalModel:
         L = self.serving_window
         events = [as_ids(e) for e in events]
         out: list[ModelState | None] = [None] * len(states)
-        stepped = []
+        stepped, rebuild = [], {}
         for i, (st, e) in enumerate(zip(states, events)):
             n = st.n_events + len(e)
             if not len(e):
@@ -198,7 +208,11 @@ class IncrementalModel:
                 stepped.append(i)
             else:  # the window slid: rebuild from the window (bounded by L, what training reads)
                 window = torch.cat([st.window, e])[-L:].clone()
-                out[i] = ModelState(st.schema, n, window, self.encode_window(window))
+                out[i] = ModelState(st.schema, n, window, {})
+                rebuild.setdefault(len(window), []).append(i)
+        for idx in rebuild.values():  # one batched prefill per window length (past the window: all L)
+            for i, t in zip(idx, self.encode_windows(torch.stack([out[i].window for i in idx]))):
+                out[i] = ModelState(out[i].schema, out[i].n_events, out[i].window, t)
         if stepped:
             new = self.advance([states[i].tensors for i in stepped], [events[i] for i in stepped],
                                [states[i].n_events for i in stepped])

@@ -59,7 +59,11 @@ class ServingAdapter:
             raise ValueError(refusal)
         self.model = model.eval()
         self.task = model.serving_task
+        if self.task == "retrieval" and mode == "recompute":
+            raise ValueError("a retrieval model has one serving mode: the user tower per request against the "
+                             "encoded catalogue (auto / incremental)")
         self.recompute = mode == "recompute"
+        self._index = None
         self.mode = "recompute" if self.recompute else "incremental"
         self.name = "recompute" if self.recompute else model.state_layout
 
@@ -83,6 +87,10 @@ class ServingAdapter:
         else:
             state = self.model.prefill(history)
         return UserEntry(state, torch.unique(history))
+
+    def user_entry(self, x_num: Tensor, x_cat: Tensor) -> UserEntry:
+        """Retrieval: a user's entry from its encoded feature row (no events, nothing seen)."""
+        return UserEntry(self.model.user_state(x_num, x_cat), torch.zeros(0, dtype=torch.long))
 
     def update(self, entries: list[UserEntry], events: list) -> list[UserEntry]:
         events = [as_ids(e) for e in events]
@@ -115,6 +123,8 @@ class ServingAdapter:
         if self.task == "ctr":
             out = m.offline_score([e.state.window for e in entries], candidates, features) if self.recompute \
                 else m.score([e.state for e in entries], candidates, features)
+        elif self.task == "retrieval":  # raw inner products, what the two towers are trained to order
+            out = m.score([e.state for e in entries], candidates, features)
         else:
             if features:
                 raise ValueError("features: a next-item model takes no candidate features")
@@ -141,6 +151,10 @@ class ServingAdapter:
             if candidates is None or any(c is None for c in candidates):
                 raise ValueError("a CTR model ranks the candidates it is given; pass candidates")
             per_user = list(zip(candidates, self.score(entries, candidates, features)))
+        elif self.task == "retrieval" and candidates is None:  # the whole catalogue through the item index
+            return self._index_topk(entries, k)
+        elif self.task == "retrieval":
+            per_user = list(zip(candidates, self.score(entries, candidates, features)))
         else:
             scores = self.score_all(entries)
             per_user = []
@@ -157,6 +171,17 @@ class ServingAdapter:
             top = s.topk(min(k, len(s)))
             out.append((ids[top.indices], top.values))
         return out
+
+    def _index_topk(self, entries: list[UserEntry], k: int) -> list[tuple[Tensor, Tensor]]:
+        from ssmrec.index import build_index
+
+        if self._index is None:  # built once: the catalogue is encoded once
+            self._index = build_index(self.model._items().numpy(), "auto")
+        users = torch.cat([e.state.tensors["u"] for e in entries])
+        self._finite(users, "user vectors")
+        scores, rows = self._index.search(users.numpy(), k)
+        self._finite(torch.from_numpy(scores), "scores")  # a damaged item tower
+        return [(torch.from_numpy(r).long(), torch.from_numpy(s)) for r, s in zip(rows, scores)]
 
     # ------------------------------------------------------------------ persistence
     def entry_from_dict(self, d) -> UserEntry:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ssmrec.errors import SsmrecError, one_line
 from ssmrec.serve.adapter import NonFiniteScores, ServingAdapter
@@ -39,6 +39,7 @@ from ssmrec.serve.engine import Engine, Events, Inspect, Recommend, Score, Unkno
 
 ItemId = StrictInt | StrictStr
 UserId = StrictStr | StrictInt
+FeatureValue = StrictInt | StrictFloat | StrictStr | None
 
 
 class _Strict(BaseModel):
@@ -55,6 +56,7 @@ class ScoreRequest(_Strict):
     history: list[ItemId] | None = None
     candidates: list[ItemId] = Field(min_length=1)
     features: dict[str, list[StrictInt]] | None = None
+    user_features: dict[str, FeatureValue] | None = None  # retrieval: raw feature values of a user
 
 
 class RecommendRequest(_Strict):
@@ -64,6 +66,7 @@ class RecommendRequest(_Strict):
     exclude_seen: StrictBool = False
     candidates: list[ItemId] | None = Field(None, min_length=1)
     features: dict[str, list[StrictInt]] | None = None
+    user_features: dict[str, FeatureValue] | None = None
 
 
 @dataclass
@@ -108,7 +111,12 @@ class Service:
         self.cfg = cfg
         path = Path(cfg.checkpoint)
         torch.set_num_threads(max(1, cfg.threads))
-        model, self.schema, _ = load_for_serving(path)
+        model, self.schema, ck = load_for_serving(path)
+        if self.schema.task == "retrieval":  # the item tower runs once, over the catalogue in the checkpoint
+            arts = ck["artifacts"]
+            model.set_catalogue(arts["item_num"], arts["item_cat"])
+            self.user_rows = (arts["user_num"], arts["user_cat"])
+            self.user_index = {u: i for i, u in enumerate(self.schema.user_ids)}
         self.task_name, self.model_name = self.schema.task, self.schema.model
         self.n_items = self.schema.n_items
         try:
@@ -142,7 +150,7 @@ class Service:
             except KeyError as e:
                 pos = [str(i) for i in ids].index(e.args[0])
                 raise HTTPError(422, f"{field}[{pos}]: unknown item id {ids[pos]!r}") from None
-            bad = [j for j, v in enumerate(out) if v == 0]
+            bad = [j for j, v in enumerate(out) if v == self.schema.padding_id]
             if bad:
                 raise HTTPError(422, f"{field}[{bad[0]}]: {ids[bad[0]]!r} is the padding id, not an item")
             return torch.tensor(out, dtype=torch.long)
@@ -182,6 +190,39 @@ class Service:
                 raise HTTPError(422, f"features.{f.name} is required: this checkpoint carries no per-item values")
         return out
 
+    def retrieval_user(self, req) -> tuple[str | None, tuple]:
+        """Retrieval: the user's encoded feature row, by id (rows in the checkpoint) or from raw values
+        encoded exactly as in training (the checkpoint's vocabularies and statistics)."""
+        from ssmrec.data.tabular import encode_table
+        from ssmrec.errors import DataError
+
+        if getattr(req, "history", None) is not None:
+            raise HTTPError(422, "history: a retrieval model has no event history; pass 'user' or 'user_features'")
+        if (req.user is None) == (req.user_features is None):
+            raise HTTPError(422, "pass exactly one of 'user' (an id the checkpoint knows) or 'user_features'")
+        if req.user is not None:
+            row = self.user_index.get(str(req.user))
+            if row is None:
+                raise UnknownUser(f"unknown user {str(req.user)!r}: not among the checkpoint's users; pass "
+                                  f"'user_features'")
+            return str(req.user), (self.user_rows[0][row], self.user_rows[1][row])
+        spec = self.schema.user_features
+        names = [*spec["numeric"], *spec["categorical"]]
+        given = req.user_features
+        for name in given:
+            if name not in names:
+                raise HTTPError(422, f"user_features.{name}: unknown feature (known: {', '.join(names)})")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise HTTPError(422, f"user_features.{missing[0]}: required (a missing value is null)")
+        try:
+            table = encode_table({n: [given[n]] for n in names}, spec["numeric"], spec["categorical"], ["request"],
+                                 "user_features", vocab=spec["vocab"], stats={k: tuple(v) for k, v in spec["stats"].items()})
+        except (DataError, TypeError, ValueError) as e:
+            raise HTTPError(422, str(e).replace("user_features: column '", "user_features.").replace("', row 0", "")) \
+                from None
+        return None, (table.num[0], table.cat[0])
+
     def user_or_history(self, req) -> tuple[str | None, torch.Tensor | None]:
         if (req.user is None) == (req.history is None):
             raise HTTPError(422, "pass exactly one of 'user' (a cached state) or 'history' (item ids, oldest first)")
@@ -190,6 +231,16 @@ class Service:
                 raise HTTPError(422, "history: a next-item request needs at least one item")
             return None, self.items(req.history, "history", self.cfg.max_history)
         return str(req.user), None
+
+    def who(self, req) -> tuple[str | None, torch.Tensor | None, tuple | None]:
+        """(user, history, retrieval feature row) of a /score or /recommend request."""
+        if self.task_name == "retrieval":
+            user, row = self.retrieval_user(req)
+            return user, None, row
+        if req.user_features is not None:
+            raise HTTPError(422, "user_features apply to retrieval checkpoints only")
+        user, history = self.user_or_history(req)
+        return user, history, None
 
     async def run(self, op):
         return await asyncio.wrap_future(self.engine.submit(op))
@@ -277,19 +328,23 @@ def create_app(service: Service, run_engine: bool = True):
 
     @app.post("/events")
     async def events(req: EventsRequest):
+        if service.task_name == "retrieval":
+            raise HTTPError(422, "items: a retrieval model has no events; its users are their features")
         items = service.items(req.items, "items", cfg.max_events)
         return await service.run(Events(str(req.user), items))
 
     @app.post("/score")
     async def score(req: ScoreRequest):
-        user, history = service.user_or_history(req)
+        user, history, row = service.who(req)
         cands = service.items(req.candidates, "candidates", cfg.max_candidates)
-        p = await service.run(Score(user, history, cands, service.features(req, cands)))
-        return {"user": user, "candidates": service.out_ids(cands), "probabilities": p.tolist()}
+        p = await service.run(Score(user, history, cands, service.features(req, cands), row))
+        # retrieval: the towers' inner products (what they are trained to order), not probabilities
+        key = "scores" if service.task_name == "retrieval" else "probabilities"
+        return {"user": user, "candidates": service.out_ids(cands), key: p.tolist()}
 
     @app.post("/recommend")
     async def recommend(req: RecommendRequest):
-        user, history = service.user_or_history(req)
+        user, history, row = service.who(req)
         if req.k > cfg.max_k:
             raise HTTPError(413, f"k: {req.k} is over the limit of {cfg.max_k}")
         cands = service.items(req.candidates, "candidates", cfg.max_candidates) if req.candidates else None
@@ -298,7 +353,7 @@ def create_app(service: Service, run_engine: bool = True):
         if cands is None and req.features:
             raise HTTPError(422, "features: given without candidates")
         feats = service.features(req, cands) if cands is not None else None
-        ids, scores = await service.run(Recommend(user, history, req.k, req.exclude_seen, cands, feats))
+        ids, scores = await service.run(Recommend(user, history, req.k, req.exclude_seen, cands, feats, row))
         return {"user": user, "items": service.out_ids(ids), "scores": scores.tolist()}
 
     @app.get("/users/{user}")

@@ -38,6 +38,7 @@ class Score:
     history: torch.Tensor | None
     candidates: torch.Tensor
     features: dict[str, torch.Tensor] | None = None  # named candidate features, validated by the service
+    user_row: tuple | None = None  # retrieval: the user's encoded (numeric, categorical) feature row
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Recommend:
     exclude_seen: bool = False
     candidates: torch.Tensor | None = None
     features: dict[str, torch.Tensor] | None = None
+    user_row: tuple | None = None
 
 
 @dataclass
@@ -226,6 +228,9 @@ class Engine:
         states = []
         for job in run:
             op = job.op
+            if op.user_row is not None:  # retrieval: the user tower on the user's features, nothing stored
+                states.append(self.scorer.user_entry(*op.user_row))
+                continue
             if op.history is not None:  # explicit history: the no-cache path, nothing stored
                 states.append(self.scorer.prefill(op.history))
                 continue

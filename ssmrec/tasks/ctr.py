@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ssmrec.data.mmctr import CTRBatch, ItemInfo, MMCTRData, Split, load_mmctr, read_truth
 from ssmrec.data.schema import DEFAULT_MAX_LEN, LEVEL_VOCAB, CandidateFeature, ServingSchema
 from ssmrec.errors import SsmrecError
+from ssmrec.models.incremental import IncrementalModel
 from ssmrec.params import STRICT, PosInt
 from ssmrec.tasks.base import Task
 from ssmrec.metrics import auc as auc_score
@@ -161,8 +162,8 @@ class CTRTask(Task):
             info = self.data.item_info
         spec = get_model("ctr", self.cfg.model)
         model = spec.cls(spec.config(self.cfg.model_params), info.tags, info.emb, info.n_tags)
-        # what serving reads: the newest max_len events, as training does
-        model.set_serving_window(int((feature_map or {}).get("max_len", self.cfg.data.max_len)))
+        if isinstance(model, IncrementalModel):  # servable: it reads the newest max_len events, as training does
+            model.set_serving_window(int((feature_map or {}).get("max_len", self.cfg.data.max_len)))
         return model
 
     def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:

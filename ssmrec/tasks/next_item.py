@@ -51,6 +51,7 @@ from ssmrec.data.batch import TensorBatch
 from ssmrec.data.schema import ServingSchema
 from ssmrec.data.seq import LeaveOneOut, leave_one_out
 from ssmrec.errors import SsmrecError
+from ssmrec.models.incremental import IncrementalModel
 from ssmrec.metrics import exclude_items, rank_metrics, rank_of_target, warn_nonfinite
 from ssmrec.params import STRICT, Bool, NonNegInt, PosInt
 from ssmrec.tasks.base import Task
@@ -433,7 +434,8 @@ class NextItemTask(Task):
         # what serving reads: the newest max_len events (Cloze models: max_len - 1, then [MASK]), as
         # history_batch builds them for evaluation
         L = int((feature_map or {}).get("max_len", self.cfg.data.max_len))
-        model.set_serving_window(L - 1 if getattr(model, "cloze", False) else L)
+        if isinstance(model, IncrementalModel):
+            model.set_serving_window(L - 1 if getattr(model, "cloze", False) else L)
         return model
 
     def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:

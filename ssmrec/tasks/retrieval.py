@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ssmrec.data.tabular import TowerData
+from ssmrec.data.schema import ServingSchema
 from ssmrec.errors import SsmrecError
 from ssmrec.index import INDEX_KINDS, build_index
 from ssmrec.metrics import relevance_metrics
@@ -105,10 +106,13 @@ class RetrievalTask(Task):
         enc = lambda t: {"vocab": {k: list(v) for k, v in t.vocab.items()},  # noqa: E731
                          "stats": {k: [float(a), float(b)] for k, (a, b) in t.stats.items()}}
         return {"env": d.name, "user": d.users.schema(), "item": d.items.schema(), "n_users": len(d.users),
-                "n_items": len(d.items), "user_encoding": enc(d.users), "item_encoding": enc(d.items)}
+                "n_items": len(d.items), "user_encoding": enc(d.users), "item_encoding": enc(d.items),
+                "user_ids": [str(x) for x in d.users.ids], "item_ids": [str(x) for x in d.items.ids]}
 
     def artifacts(self) -> dict:
-        return {}
+        """The encoded catalogue and user rows: a checkpoint serves by user id or by raw features alone."""
+        d = self.data
+        return {"item_num": d.items.num, "item_cat": d.items.cat, "user_num": d.users.num, "user_cat": d.users.cat}
 
     def check_feature_map(self, fm: dict, source) -> None:
         mine = self.feature_map()
@@ -141,6 +145,16 @@ class RetrievalTask(Task):
         fm = feature_map or self.feature_map()
         spec = get_model("retrieval", self.cfg.model)
         return spec.cls(spec.config(self.cfg.model_params), {"user": fm["user"], "item": fm["item"]})
+
+    def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:
+        """Users are the environment's ids (their encoded rows travel as artifacts) or raw feature values
+        encoded with the training vocabularies / statistics; items are the catalogue's ids."""
+        if "item_num" not in artifacts or "item_ids" not in feature_map:
+            raise SsmrecError("this retrieval checkpoint predates serving (no encoded catalogue in it): "
+                              "retrain it, or use ssmrec recommend")
+        return ServingSchema("retrieval", model, int(feature_map["n_items"]), 0, list(feature_map["item_ids"]),
+                             padding_id=None, user_ids=list(feature_map["user_ids"]),
+                             user_features={**feature_map["user"], **feature_map["user_encoding"]})
 
     def loss(self, model_out: dict, batch: PairBatch) -> dict[str, torch.Tensor]:
         s, y = model_out["score"], batch.target

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ssmrec.data.mmctr import CTRBatch
 from ssmrec.models.ctr.base import CTRModel
-from ssmrec.models.incremental import ModelState
+from ssmrec.models.incremental import ModelState, split_rows
 from ssmrec.data.schema import ITEM_EMB_DIM
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.embedding import MMCTRFeatureEmbedding
@@ -227,21 +227,23 @@ class MambaCTR(nn.Module, CTRModel):
         return min(self.cfg.window, self.serving_window) if self.cfg.stage2 == "augru" else self.serving_window
 
     def encode_window(self, window):
+        return self.encode_windows(window[None])[0]
+
+    def encode_windows(self, windows):
         K, D = self.output_slots, self.embedding.item_dim
-        n = len(window)
-        x = self.embedding.items(window)[None]
+        B, n = windows.shape
+        x = self.embedding.items(windows)
         if not self.encoder.recurrent:
-            h, states = (self.encoder(x, torch.ones(1, n, dtype=torch.bool)) if n else x), None
+            h, states = (self.encoder(x, torch.ones(B, n, dtype=torch.bool)) if n else x), None
         elif n:
             h, states = self.encoder.layers.prefill(x)
         else:
-            h, states = x, self.encoder.layers.allocate_state(1)
+            h, states = x, self.encoder.layers.allocate_state(B)
         m = min(n, K)
-        out, mask = torch.zeros(1, K, D), torch.zeros(1, K, dtype=torch.bool)
+        out, mask = torch.zeros(B, K, D), torch.zeros(B, K, dtype=torch.bool)
         if m:
             out[:, K - m:], mask[:, K - m:] = h[:, n - m:], True
-        return {**(named_states([(c.clone(), s.clone()) for c, s in states]) if states else {}),
-                "out": out, "out_mask": mask}
+        return split_rows({**(named_states(states) if states else {}), "out": out, "out_mask": mask}, B)
 
     def step_tensors(self, tensors, items, positions):
         states = layer_states(tensors, len(self.encoder.layers))

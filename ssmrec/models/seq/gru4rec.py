@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ssmrec.models.incremental import split_rows
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.params import PosInt, Rate, config_dataclass
 from ssmrec.registry import register
@@ -42,11 +43,15 @@ class GRU4Rec(SeqRecModel):
 
     # -- incremental inference ----------------------------------------------------------------
     def encode_window(self, window):
-        cfg = self.cfg
-        if not len(window):
-            return {"hidden": torch.zeros(1, cfg.num_layers, cfg.hidden_size), "h": torch.zeros(1, cfg.embedding_size)}
-        out, hidden = self.gru(self.dropout(self.item_vectors(window[None])))
-        return {"hidden": hidden.transpose(0, 1).clone(), "h": self.dense(out[:, -1]).clone()}
+        return self.encode_windows(window[None])[0]
+
+    def encode_windows(self, windows):
+        cfg, B = self.cfg, windows.shape[0]
+        if not windows.shape[1]:
+            return split_rows({"hidden": torch.zeros(B, cfg.num_layers, cfg.hidden_size),
+                               "h": torch.zeros(B, cfg.embedding_size)}, B)
+        out, hidden = self.gru(self.dropout(self.item_vectors(windows)))
+        return split_rows({"hidden": hidden.transpose(0, 1), "h": self.dense(out[:, -1])}, B)
 
     def step_tensors(self, tensors, items, positions):
         out, hidden = self.gru(self.dropout(self.item_vectors(items))[:, None], tensors["hidden"].transpose(0, 1).contiguous())

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from ssmrec.models.incremental import split_rows
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.layers import PositionwiseFeedForward, recbole_init
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
@@ -93,11 +94,15 @@ class Mamba4Rec(SeqRecModel):
 
     # -- incremental inference ----------------------------------------------------------------
     def encode_window(self, window):
-        n = len(window)
+        return self.encode_windows(window[None])[0]
+
+    def encode_windows(self, windows):
+        B, n = windows.shape
         if not n:
-            return {**named_states(self.layers.allocate_state(1)), "h": torch.zeros(1, self.cfg.hidden_size)}
-        h, states = self.layers.prefill(self.embed(window[None], torch.arange(n)))
-        return {**named_states([(c.clone(), s.clone()) for c, s in states]), "h": h[:, -1].clone()}
+            return split_rows({**named_states(self.layers.allocate_state(B)),
+                               "h": torch.zeros(B, self.cfg.hidden_size)}, B)
+        h, states = self.layers.prefill(self.embed(windows, torch.arange(n)))
+        return split_rows({**named_states(states), "h": h[:, -1]}, B)
 
     def step_tensors(self, tensors, items, positions):
         y, states = self.layers.step(self.embed(items, positions), layer_states(tensors, len(self.layers)))

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ssmrec.models.incremental import pad_left, pad_right
+from ssmrec.models.incremental import pad_left, pad_right, split_rows
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.attention import MaskedTransformerEncoder
 from ssmrec.nn.layers import recbole_init
@@ -60,15 +60,18 @@ class SASRec(SeqRecModel):
         return self.dropout(self.norm(self.item_vectors(ids) + self.position_table(positions.clamp_max(self.cfg.max_len - 1))))
 
     def encode_window(self, window):
-        d, n = self.cfg.hidden_size, len(window)
+        return self.encode_windows(window[None])[0]
+
+    def encode_windows(self, windows):
+        d, (B, n) = self.cfg.hidden_size, windows.shape
         if not n:
-            empty = {f"{kv}{i}": torch.zeros(1, 0, d) for i in range(self.cfg.num_layers) for kv in "kv"}
-            return {**empty, "h": torch.zeros(1, d)}
-        x, kvs = self.encoder.prefill(self._input(window[None], torch.arange(n)))
-        out = {"h": x[:, -1].clone()}
+            empty = {f"{kv}{i}": torch.zeros(B, 0, d) for i in range(self.cfg.num_layers) for kv in "kv"}
+            return split_rows({**empty, "h": torch.zeros(B, d)}, B)
+        x, kvs = self.encoder.prefill(self._input(windows, torch.arange(n)))
+        out = {"h": x[:, -1]}
         for i, (k, v) in enumerate(kvs):
-            out[f"k{i}"], out[f"v{i}"] = k.clone(), v.clone()
-        return out
+            out[f"k{i}"], out[f"v{i}"] = k, v
+        return split_rows(out, B)
 
     def advance(self, tensors, events, n_before):
         ids, valid = pad_right(events)

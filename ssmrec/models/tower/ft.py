@@ -34,10 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ssmrec.data.batch import TensorBatch
+from ssmrec.models.incremental import STATE_SCHEMA_VERSION, IncrementalModel, ModelState, StateSchemaError
 from ssmrec.nn.layers import MLP
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba
 from ssmrec.nn.tokenizer import FeatureTokenizer
@@ -129,8 +131,16 @@ class Tower(nn.Module):
         return self.out_act(self.head(h[:, -1]))  # [CLS] is the last token
 
 
-class FTTwoTower(nn.Module):
-    """User and item towers of one architecture; ``forward(batch)`` -> ``{"score": (B,)}``."""
+class FTTwoTower(nn.Module, IncrementalModel):
+    """User and item towers of one architecture; ``forward(batch)`` -> ``{"score": (B,)}``.
+
+    Serving (TorchRec's split: the item tower runs once, offline, over the catalogue; the user tower per
+    request): a user has no event history, so the state is the user tower's output for the user's
+    feature row (:meth:`user_state`); ``score_all`` is its inner product with every encoded item
+    (:meth:`set_catalogue`), what ``RetrievalTask.topk`` ranks offline."""
+
+    serving_task = "retrieval"
+    state_layout = "user-vector"
 
     def __init__(self, cfg, schema: dict):
         super().__init__()
@@ -149,6 +159,56 @@ class FTTwoTower(nn.Module):
         u = self.encode_users(batch.user_num, batch.user_cat)
         v = self.encode_items(batch.item_num, batch.item_cat)
         return {"score": (u * v).sum(-1)}
+
+    # -- serving ------------------------------------------------------------------------------------
+    @property
+    def state_schema(self) -> str:
+        return f"{type(self).__name__}/{self.state_layout}/v{STATE_SCHEMA_VERSION}"
+
+    @torch.inference_mode()
+    def set_catalogue(self, item_num: Tensor, item_cat: Tensor) -> None:
+        """Encode the item catalogue once (rows in item order); serving scores against it."""
+        self.catalogue = self.encode_items(item_num, item_cat)
+
+    @torch.inference_mode()
+    def user_state(self, x_num: Tensor, x_cat: Tensor) -> ModelState:
+        """The state of one user from its encoded feature row ``(n_numeric,)``, ``(n_categorical,)``."""
+        u = self.encode_users(x_num.reshape(1, -1).float(), x_cat.reshape(1, -1).long())
+        return ModelState(self.state_schema, 0, torch.zeros(0, dtype=torch.long), {"u": u.clone()})
+
+    def init_state(self) -> ModelState:
+        raise ValueError("a retrieval model has no event history: a user's state comes from its features")
+
+    def prefill(self, history):
+        return self.init_state()
+
+    def step(self, states, events):
+        raise ValueError("a retrieval model has no event history: a user's state comes from its features")
+
+    def _items(self) -> Tensor:
+        if getattr(self, "catalogue", None) is None:
+            raise ValueError("no item catalogue encoded: call set_catalogue(item_num, item_cat)")
+        return self.catalogue
+
+    @torch.inference_mode()
+    def score_all(self, states: list[ModelState]) -> Tensor:
+        """Inner products ``(B, n_items)`` of the users with every catalogue item (rows = item order)."""
+        return torch.cat([s.tensors["u"] for s in states]) @ self._items().T
+
+    @torch.inference_mode()
+    def score(self, states, candidates, features=None):
+        if features:
+            raise ValueError("features: a retrieval model takes no candidate features")
+        items = self._items()
+        return [(items[c] * s.tensors["u"]).sum(-1) for s, c in zip(states, candidates)]
+
+    def check_state(self, state: ModelState) -> None:
+        if state.schema != self.state_schema:
+            raise StateSchemaError(f"state schema '{state.schema}' is not this model's '{self.state_schema}'")
+        u = state.tensors.get("u")
+        d = self.cfg.out_dim
+        if set(state.tensors) != {"u"} or u.dtype != torch.float32 or tuple(u.shape) != (1, d):
+            raise StateSchemaError(f"state tensors {sorted(state.tensors)} are not this model's ['u'] (1, {d}) float32")
 
     def embedder_parameters(self, tower: str = "user") -> int:
         """Parameters of one tower's embedder (what the paper's model sizes count)."""
