@@ -23,7 +23,7 @@ def _cmd_data_check(args) -> int:
 def _cmd_data_synth(args) -> int:
     from ssmrec.data.synth import synthesize
 
-    out = synthesize(args.out, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+    out = synthesize(args.out, preset=args.size or args.preset, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote synthetic MM-CTR world to {out}")
     return 0
 
@@ -129,9 +129,10 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def write_submission(path, p, column: str) -> None:
+def write_submission(path, p, column: str, chunk: int = 1 << 16) -> None:
     """``ID,<column>`` rows in split order; a ``.zip`` path holds it as ``prediction.csv`` (the archive
-    the MM-CTR leaderboard takes, as the official baseline's prediction.py writes)."""
+    the MM-CTR leaderboard takes, as the official baseline's prediction.py writes). Written chunk by
+    chunk into a temporary file that is then renamed: memory stays one chunk of text."""
     import io
     import zipfile
 
@@ -139,17 +140,24 @@ def write_submission(path, p, column: str) -> None:
 
     from ssmrec.io import atomic_write
 
-    buf = io.StringIO()
-    buf.write(f"ID,{column}\n")
-    np.savetxt(buf, np.column_stack([np.arange(len(p)), p]), fmt=["%d", "%.8f"], delimiter=",")
-    text = buf.getvalue()
+    def rows(f) -> None:
+        f.write(f"ID,{column}\n")
+        for a in range(0, len(p), chunk):
+            buf = io.StringIO()
+            b = min(a + chunk, len(p))
+            np.savetxt(buf, np.column_stack([np.arange(a, b), p[a:b]]), fmt=["%d", "%.8f"], delimiter=",")
+            f.write(buf.getvalue())
+
     if str(path).endswith(".zip"):
         def write(tmp):
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-                z.writestr("prediction.csv", text)
-        atomic_write(path, write)
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z, \
+                    z.open("prediction.csv", "w") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+                rows(f)
     else:
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                rows(f)
+    atomic_write(path, write)
 
 
 def _cmd_predict(args) -> int:
@@ -325,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_data_check)
     synth = data.add_parser("synth", help="write a synthetic MM-CTR world with known truth")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--preset", default="default", choices=["tiny", "default"])
+    synth.add_argument("--preset", default="default", choices=["tiny", "default", "microlens1m"],
+                       help="microlens1m: the challenge's real size (3.6M / 10k / 379k rows, 91,718 items, 11,740 "
+                            "tags), generated in chunks in bounded memory, no covers")
+    synth.add_argument("--size", choices=["microlens1m"], help="the same as --preset microlens1m")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_cmd_data_synth)

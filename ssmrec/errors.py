@@ -27,7 +27,7 @@ class DataError(SsmrecError):
     """
 
     def __init__(self, file, message, column=None, row=None):
-        self.file, self.column, self.row = str(file), column, row
+        self.file, self.column, self.row, self.message = str(file), column, row, message
         where = self.file
         if column is not None:
             where += f": column '{column}'"

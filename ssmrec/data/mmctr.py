@@ -54,6 +54,7 @@ __all__ = [
 
 _OPTIONAL_LABEL_SPLITS = ("test",)
 _RAGGED_BLOCK = 1 << 20  # rows per block when windowing ragged histories (bounds temporary memory)
+_READ_ROWS = 1 << 17  # rows per record batch when reading an interaction file (bounds the arrow copy)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class CTRBatch(TensorBatch):
 class Split:
     name: str
     user_id: torch.Tensor  # (N,) int64
-    item_seq: torch.Tensor  # (N, max_len) int64, left-padded with 0, most recent item last
+    item_seq: torch.Tensor  # (N, max_len) int32 (4 bytes an id), left-padded with 0, most recent item last
     item_id: torch.Tensor  # (N,) int64
     likes_level: torch.Tensor  # (N,) int64
     views_level: torch.Tensor  # (N,) int64
@@ -112,7 +113,7 @@ class Split:
         return int(self.item_id.shape[0])
 
     def batch(self, idx: torch.Tensor) -> CTRBatch:
-        seq = self.item_seq[idx]
+        seq = self.item_seq[idx].long()
         return CTRBatch(user_id=self.user_id[idx], item_seq=seq, mask=seq > 0, item_id=self.item_id[idx],
                         likes_level=self.likes_level[idx], views_level=self.views_level[idx],
                         label=None if self.label is None else self.label[idx])
@@ -151,8 +152,8 @@ def _read_table(path: Path) -> pa.Table:
     return table
 
 
-def _check_columns(path: Path, table: pa.Table, required, optional=()) -> None:
-    names = table.column_names
+def _check_columns(path: Path, names, required, optional=()) -> None:
+    names = list(names)
     seen = set()
     for name in names:
         if name in seen:
@@ -282,7 +283,7 @@ def _left_pad_window(offsets: np.ndarray, values: np.ndarray, max_len: int) -> n
 def _item_info_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(tags (n, 5) int64, emb (n, 128) float32)`` of item_info.parquet."""
     table = _read_table(path)
-    _check_columns(path, table, ITEM_INFO_COLUMNS)
+    _check_columns(path, table.column_names, ITEM_INFO_COLUMNS)
     n = table.num_rows
 
     ids = _int_column(path, table, "item_id")
@@ -325,27 +326,83 @@ def read_item_info(path) -> ItemInfo:
     return _to_item_info(*_item_info_arrays(Path(path)))
 
 
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if not path.is_file():
+        raise DataError(path, "not a regular file")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
+    if pf.metadata.num_rows == 0:
+        raise DataError(path, "file has 0 rows")
+    return pf
+
+
+def _shifted(e: DataError, offset: int) -> DataError:
+    """``e`` with its row counted from the start of the file, not of the record batch."""
+    return DataError(e.file, e.message, column=e.column, row=None if e.row is None else e.row + offset)
+
+
 def _split_arrays(path: Path, max_len: int, n_items, require_label: bool) -> dict:
-    """Validated numpy columns of one interaction file (+ ``"info"``); see :func:`read_split`."""
-    table = _read_table(path)
+    """Validated numpy columns of one interaction file (+ ``"info"``); see :func:`read_split`.
+
+    Memory-bounded: the file is read ``_READ_ROWS`` rows at a time (pyarrow record batches) into
+    preallocated arrays, histories windowed to ``max_len`` on the way in and held as int32 (4 bytes an
+    id; item ids are < 2^31), so the peak is the final arrays plus one batch, never the arrow table of
+    every list."""
+    pf = _open_parquet(path)
     required = [c for c in INTERACTION_COLUMNS if c != "label" or require_label]
     optional = [] if require_label else ["label"]
-    _check_columns(path, table, required, optional)
+    _check_columns(path, pf.schema_arrow.names, required, optional)
+    has_label = "label" in pf.schema_arrow.names
+    N = pf.metadata.num_rows
+    out = {"user_id": np.empty(N, np.int64), "item_seq": np.zeros((N, max_len), np.int32),
+           "item_id": np.empty(N, np.int64), "likes_level": np.empty(N, np.int64),
+           "views_level": np.empty(N, np.int64), "label": np.empty(N, np.float32) if has_label else None}
+    width_min, width_max = np.iinfo(np.int64).max, 0
+    label_nulls = []  # per batch: (first row, all labels null): withheld test labels are stored as nulls
+    a = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_READ_ROWS):
+            table = pa.Table.from_batches([batch])
+            b = a + table.num_rows
+            try:
+                widths, null_labels = _read_rows(path, table, max_len, n_items, require_label, out, a, b)
+            except DataError as e:
+                raise _shifted(e, a) from None
+            width_min, width_max = min(width_min, int(widths.min())), max(width_max, int(widths.max()))
+            label_nulls.append((a, null_labels))
+            a = b
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"cannot read parquet (truncated?): {one_line(str(e), 200)}") from None
+    if has_label and any(null for _, null in label_nulls):
+        if not all(null for _, null in label_nulls):  # some batches all null, others not: a null label
+            row = next(start for start, null in label_nulls if null)
+            raise DataError(path, "null value", column="label", row=row)
+        out["label"] = None
+    out["info"] = {"file": str(path), "stored_width_min": width_min, "stored_width_max": width_max}
+    return out
 
-    user_id = _int_column(path, table, "user_id")
+
+def _read_rows(path: Path, table: pa.Table, max_len: int, n_items, require_label: bool, out: dict, a: int,
+               b: int) -> tuple[np.ndarray, bool]:
+    """Validate one record batch (rows counted from 0 within it) and write it into ``out[a:b]``.
+    Returns the stored history widths and whether every label of the batch is null."""
+    out["user_id"][a:b] = _int_column(path, table, "user_id")
 
     off, seq_vals = _list_column(path, table, "item_seq", "int")
-    hi = n_items if n_items is not None else np.iinfo(np.int64).max
+    hi = n_items if n_items is not None else np.iinfo(np.int32).max
     if seq_vals.size and (seq_vals.min() < 0 or seq_vals.max() >= hi):  # cheap check, then locate
         bad = (seq_vals < 0) | (seq_vals >= hi)
         row = _value_row(off, bad)
         v = int(seq_vals[_first_true(bad)])
-        rng = f"0..{n_items - 1}" if n_items is not None else ">= 0"
+        rng = f"0..{n_items - 1}" if n_items is not None else "0..2^31-1"
         raise DataError(path, f"item id {v} outside item_info ids ({rng})", column="item_seq", row=row)
-    lengths = np.diff(off)
-    item_seq = _left_pad_window(off, seq_vals, max_len)
+    widths = np.diff(off)
+    out["item_seq"][a:b] = _left_pad_window(off, seq_vals, max_len)
     del seq_vals, off
-    table = table.drop_columns(["item_seq"])  # release the arrow copy of the histories early
 
     item_id = _int_column(path, table, "item_id")
     bad = item_id < 1
@@ -356,49 +413,34 @@ def _split_arrays(path: Path, max_len: int, n_items, require_label: bool) -> dic
         rng = f"1..{n_items - 1}" if n_items is not None else ">= 1"
         raise DataError(path, f"target item id {int(item_id[row])} outside item_info ids ({rng})",
                         column="item_id", row=row)
+    out["item_id"][a:b] = item_id
 
-    levels = {}
     for col in ("likes_level", "views_level"):
         x = _int_column(path, table, col)
         bad = (x < 0) | (x >= LEVEL_VOCAB)
         if bad.any():
             row = _first_true(bad)
             raise DataError(path, f"value {int(x[row])} outside 0..{LEVEL_VOCAB - 1}", column=col, row=row)
-        levels[col] = x
+        out[col][a:b] = x
 
-    label = None
-    if "label" in table.column_names:
-        arr = _column(table, "label")
-        t = arr.type
-        if not (_is_int(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise DataError(path, f"expected a numeric label column, got {t}", column="label")
-        if not require_label and arr.null_count == len(arr):
-            label = None  # withheld labels stored as all-null
-        else:
-            _check_no_nulls(path, "label", arr)
-            if pa.types.is_boolean(t):
-                arr = pc.cast(arr, pa.int8())
-            y = np.asarray(arr.to_numpy(zero_copy_only=False)).astype(np.float64, copy=False)
-            bad = ~((y == 0) | (y == 1))  # NaN fails both comparisons
-            if bad.any():
-                row = _first_true(bad)
-                raise DataError(path, f"label {y[row]!r} not in {{0, 1}}", column="label", row=row)
-            label = y.astype(np.float32)
-
-    info = {
-        "file": str(path),
-        "stored_width_min": int(lengths.min()),
-        "stored_width_max": int(lengths.max()),
-    }
-    return {
-        "user_id": np.array(user_id, dtype=np.int64),
-        "item_seq": item_seq,
-        "item_id": np.array(item_id, dtype=np.int64),
-        "likes_level": np.array(levels["likes_level"], dtype=np.int64),
-        "views_level": np.array(levels["views_level"], dtype=np.int64),
-        "label": label,
-        "info": info,
-    }
+    if "label" not in table.column_names:
+        return widths, False
+    arr = _column(table, "label")
+    t = arr.type
+    if not (_is_int(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+        raise DataError(path, f"expected a numeric label column, got {t}", column="label")
+    if not require_label and arr.null_count == len(arr):
+        return widths, True  # withheld labels stored as all-null
+    _check_no_nulls(path, "label", arr)
+    if pa.types.is_boolean(t):
+        arr = pc.cast(arr, pa.int8())
+    y = np.asarray(arr.to_numpy(zero_copy_only=False)).astype(np.float64, copy=False)
+    bad = ~((y == 0) | (y == 1))  # NaN fails both comparisons
+    if bad.any():
+        row = _first_true(bad)
+        raise DataError(path, f"label {y[row]!r} not in {{0, 1}}", column="label", row=row)
+    out["label"][a:b] = y
+    return widths, False
 
 
 def _to_split(name: str, a: dict) -> Split:

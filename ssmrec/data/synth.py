@@ -72,11 +72,24 @@ class WorldConfig:
     write_covers: bool = True
     valid_frac: float = 0.05
     test_frac: float = 0.05
+    # full-size worlds: exact (train, valid, test) row counts by time rank (the latest rows beyond them
+    # are dropped), users simulated in chunks of this many (bounded memory, chunked parquet writes), and
+    # latent tags drawn from the whole per-category pool through a random projection of z
+    split_rows: tuple[int, int, int] | None = None
+    chunk_users: int = 0
+    tag_projection: bool = False
 
 
 PRESETS = {
     "tiny": WorldConfig(n_items=300, n_users=800, n_categories=6, warmup_max=70, n_impressions=10, cover_size=16),
     "default": WorldConfig(),
+    # MicroLens_1M_x1 at its real size (reference doc §1.1; vocabularies from the FuxiCTR feature map in
+    # shared/data/mmctr-microlens1m-vocab): 91,718 item_info rows, tag ids 0..11,739 (91 categories x
+    # (128 + 1) + 1), 3,600,000 / 10,000 / 379,142 rows. 1M users x 4 impressions = 4M rows by time; the
+    # latest 10,858 are dropped. No covers (91k PNGs would dominate the time).
+    "microlens1m": WorldConfig(n_items=91_717, n_users=1_000_000, n_categories=91, tags_per_category=128,
+                               n_impressions=4, write_covers=False, split_rows=(3_600_000, 10_000, 379_142),
+                               chunk_users=50_000, tag_projection=True),
 }
 
 TOPICS = [
@@ -119,7 +132,7 @@ def _choose(rng, s, z, log_pop, pop_cdf, n_cand, beta):
 
 
 def _titles(rng, cfg, cat, z):
-    topic_of_cat = rng.permutation(len(TOPICS))[: cfg.n_categories]
+    topic_of_cat = np.resize(rng.permutation(len(TOPICS)), cfg.n_categories)  # topics repeat past 30 categories
     k = min(cfg.latent_dim, len(POLES))
     strength = np.argsort(-np.abs(z[:, :k]), axis=1)[:, :2]  # two strongest components
     fmt = rng.integers(0, len(FORMATS), size=len(cat))
@@ -158,9 +171,8 @@ def _seq_array(hist: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(hist.reshape(-1), pa.int64()), w)
 
 
-def generate(cfg: WorldConfig, seed: int = 0) -> dict:
-    """Simulate the world in memory. Returns items, users' impression rows and truth."""
-    rng = np.random.default_rng(seed)
+def _generate_items(cfg: WorldConfig, rng) -> dict:
+    """Items, their tags, multimodal embeddings and levels (row 0 = padding)."""
     k, n_items = cfg.latent_dim, cfg.n_items
 
     # Items (index 0 = padding; real items 1..n_items).
@@ -176,7 +188,10 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
     # Tags: 1 category tag + up to 4 latent-driven tags from the category's own pool.
     n_cat_tags = cfg.tags_per_category
     cat_tag = 1 + cat * (n_cat_tags + 1)
-    top = np.argsort(-z, axis=1)[:, : N_ITEM_TAGS - 1] % n_cat_tags
+    if cfg.tag_projection:  # every tag of the category's pool reachable (the default uses the top-k of z)
+        top = np.argsort(-(z @ rng.normal(size=(k, n_cat_tags))), axis=1)[:, : N_ITEM_TAGS - 1]
+    else:
+        top = np.argsort(-z, axis=1)[:, : N_ITEM_TAGS - 1] % n_cat_tags
     tags = np.zeros((n_items + 1, N_ITEM_TAGS), np.int64)
     tags[:, 0] = cat_tag
     tags[:, 1:] = cat_tag[:, None] + 1 + top
@@ -192,9 +207,18 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
     views = _deciles(log_pop[1:] + cfg.level_noise * rng.normal(size=n_items))
     likes = np.concatenate([[0], likes])
     views = np.concatenate([[0], views])
+    items = {"mu": mu, "cat": cat, "z": z, "log_pop": log_pop, "pop_cdf": pop_cdf, "tags": tags, "emb": emb,
+             "likes": likes, "views": views}
+    return items
 
-    # Users: warm-up clicks, vectorised over users, one click per step.
-    n_users = cfg.n_users
+
+def _simulate_users(cfg: WorldConfig, rng, items: dict, n_users: int, first_user: int = 1,
+                    start=None, rate=None) -> dict:
+    """Warm-up and impressions of ``n_users`` users (ids ``first_user ..``), vectorised over users.
+    ``start`` / ``rate``: the users' start times and event rates when drawn beforehand (chunked
+    worlds need every row's time up front to split by time rank); else drawn here."""
+    mu, z, log_pop, pop_cdf = items["mu"], items["z"], items["log_pop"], items["pop_cdf"]
+    k, n_items = cfg.latent_dim, cfg.n_items
     s = _normalise(mu[rng.integers(0, cfg.n_categories, n_users)] + 0.5 * rng.normal(size=(n_users, k)))
     warm = rng.integers(cfg.warmup_min, cfg.warmup_max + 1, size=n_users)
     hist_cap = cfg.warmup_max + cfg.n_impressions
@@ -215,8 +239,9 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
             click(active, _choose(rng, s[active], z, log_pop, pop_cdf, 64, cfg.beta))
 
     # Impressions.
-    start = rng.random(n_users)
-    rate = rng.uniform(0.5, 2.0, n_users)
+    if start is None:
+        start = rng.random(n_users)
+        rate = rng.uniform(0.5, 2.0, n_users)
     rows_user, rows_seq, rows_item, rows_p, rows_y, rows_time = [], [], [], [], [], []
     ar = np.arange(n_users)
     for t in range(cfg.n_impressions):
@@ -232,7 +257,7 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
         # The last max_len clicks before this impression, left-padded, newest last.
         idx = hist_len[:, None] - cfg.max_len + np.arange(cfg.max_len)[None, :]
         seq = np.where(idx >= 0, hist[ar[:, None], np.maximum(idx, 0)], 0)
-        rows_user.append(ar + 1)
+        rows_user.append(ar + first_user)
         rows_seq.append(seq)
         rows_item.append(item)
         rows_p.append(p)
@@ -252,9 +277,18 @@ def generate(cfg: WorldConfig, seed: int = 0) -> dict:
     }
     order = np.argsort(rows["time"], kind="stable")
     rows = {key: v[order] for key, v in rows.items()}
-    rows["likes_level"] = likes[rows["item_id"]]
-    rows["views_level"] = views[rows["item_id"]]
-    return {"cat": cat, "z": z, "log_pop": log_pop, "tags": tags, "emb": emb, "rows": rows}
+    rows["likes_level"] = items["likes"][rows["item_id"]]
+    rows["views_level"] = items["views"][rows["item_id"]]
+    return rows
+
+
+def generate(cfg: WorldConfig, seed: int = 0) -> dict:
+    """Simulate the world in memory. Returns items, users' impression rows and truth."""
+    rng = np.random.default_rng(seed)
+    items = _generate_items(cfg, rng)
+    rows = _simulate_users(cfg, rng, items, cfg.n_users)
+    return {"cat": items["cat"], "z": items["z"], "log_pop": items["log_pop"], "tags": items["tags"],
+            "emb": items["emb"], "rows": rows}
 
 
 def preset_name(config: WorldConfig) -> str:
@@ -289,12 +323,15 @@ def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = Fa
                 raise OutputError(f"{out}: not a synthetic world (no world.json); --overwrite only replaces an "
                                   "earlier synthetic world, choose another output folder")
     check_output_dir(out.parent, "synthetic world")
-    world = generate(config, seed)
+    world = None if config.chunk_users else generate(config, seed)
     tmp = out.with_name(out.name + ".partial")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "truth").mkdir(parents=True)
-        _write_world(tmp, world, config, seed, used)
+        if world is None:
+            _write_world_chunked(tmp, config, seed, used)
+        else:
+            _write_world(tmp, world, config, seed, used)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):  # e.g. disk full while drawing covers
@@ -318,6 +355,91 @@ def synthesize(out, preset: str = "default", seed: int = 0, overwrite: bool = Fa
 
 
 def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset: str) -> None:
+    _write_items(tmp, world, config, seed)
+    rows = world["rows"]
+    n = len(rows["label"])
+    n_test = int(round(n * config.test_frac))
+    n_valid = int(round(n * config.valid_frac))
+    bounds = {"train": (0, n - n_valid - n_test), "valid": (n - n_valid - n_test, n - n_test), "test": (n - n_test, n)}
+    for split, (a, b) in bounds.items():
+        write_parquet_atomic(_rows_table(rows, a, b, split), tmp / f"{split}.parquet")
+        write_parquet_atomic(_truth_table(rows, a, b), tmp / "truth" / f"{split}.parquet")
+    write_json_atomic(tmp / "world.json", {"seed": seed, "preset": preset, **asdict(config)})
+
+
+def _rows_table(rows: dict, a: int, b: int, split: str) -> pa.Table:
+    cols = {
+        "user_id": pa.array(rows["user_id"][a:b]),
+        "item_seq": _seq_array(rows["item_seq"][a:b]),
+        "likes_level": pa.array(rows["likes_level"][a:b]),
+        "views_level": pa.array(rows["views_level"][a:b]),
+        "item_id": pa.array(rows["item_id"][a:b]),
+    }
+    if split != "test":  # like the challenge, the test labels are withheld
+        cols["label"] = pa.array(rows["label"][a:b])
+    return pa.table(cols)
+
+
+def _truth_table(rows: dict, a: int, b: int) -> pa.Table:
+    return pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]})
+
+
+def _write_world_chunked(tmp: Path, config: WorldConfig, seed: int, preset: str, progress: bool = True) -> dict:
+    """A world too large for memory: items first, then users in chunks of ``chunk_users``, each chunk's
+    rows appended to the split files (``pyarrow.parquet.ParquetWriter``). Every row's time is drawn up
+    front (4 floats per user) so the temporal split is by global time rank, with the exact
+    ``split_rows`` counts; within a split, rows are ordered by time within each chunk of users. Peak
+    memory is one chunk's simulation, not the world. Returns the rows written per split."""
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    items = _generate_items(config, rng)
+    _write_items(tmp, items, config, seed)
+    n_users, T = config.n_users, config.n_impressions
+    trng = np.random.default_rng([seed, 1])
+    start, rate = trng.random(n_users), trng.uniform(0.5, 2.0, n_users)
+    times = (start[:, None] + np.arange(T)[None, :] * 0.05 / rate[:, None]).ravel()
+    counts = config.split_rows
+    total = sum(counts)
+    if total > len(times):
+        raise SsmrecError(f"split_rows {counts} need {total} rows; {n_users} users x {T} impressions give {len(times)}")
+    ordered = np.sort(times)
+    cut = [ordered[c] if c < len(ordered) else np.inf for c in np.cumsum(counts)]  # exclusive upper edges
+    del times, ordered
+    writers = {}
+    written = dict.fromkeys(("train", "valid", "test"), 0)
+    chunk = max(1, config.chunk_users)
+    bar = tqdm(total=n_users, unit="user", desc="synthesize", disable=not progress, smoothing=0.1)
+    try:
+        for c, a in enumerate(range(0, n_users, chunk)):
+            b = min(a + chunk, n_users)
+            rows = _simulate_users(config, np.random.default_rng([seed, 2, c]), items, b - a, first_user=a + 1,
+                                   start=start[a:b], rate=rate[a:b])
+            split_of = np.searchsorted(cut, rows["time"], side="right")  # 0 train, 1 valid, 2 test, 3 dropped
+            for k, split in enumerate(("train", "valid", "test")):
+                sel = np.flatnonzero(split_of == k)
+                if not len(sel):
+                    continue
+                part = {key: v[sel] for key, v in rows.items()}
+                for name, table in ((split, _rows_table(part, 0, len(sel), split)),
+                                    (f"truth/{split}", _truth_table(part, 0, len(sel)))):
+                    if name not in writers:
+                        writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", table.schema)
+                    writers[name].write_table(table)
+                written[split] += len(sel)
+            bar.update(b - a)
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.close()
+    if tuple(written.values()) != tuple(counts):
+        raise SsmrecError(f"synthesized {written} rows, expected {dict(zip(written, counts))}")
+    write_json_atomic(tmp / "world.json", {"seed": seed, "preset": preset, **asdict(config)})
+    return written
+
+
+def _write_items(tmp: Path, world: dict, config: WorldConfig, seed: int) -> None:
     n_items = config.n_items
     ids = np.arange(n_items + 1, dtype=np.int64)
     item_info = pa.table({
@@ -335,23 +457,3 @@ def _write_world(tmp: Path, world: dict, config: WorldConfig, seed: int, preset:
         (tmp / "covers").mkdir()
         for i in range(1, n_items + 1):
             _draw_cover(tmp / cover_paths[i - 1], world["z"][i], int(world["cat"][i]), config.cover_size)
-
-    rows = world["rows"]
-    n = len(rows["label"])
-    n_test = int(round(n * config.test_frac))
-    n_valid = int(round(n * config.valid_frac))
-    bounds = {"train": (0, n - n_valid - n_test), "valid": (n - n_valid - n_test, n - n_test), "test": (n - n_test, n)}
-    for split, (a, b) in bounds.items():
-        cols = {
-            "user_id": pa.array(rows["user_id"][a:b]),
-            "item_seq": _seq_array(rows["item_seq"][a:b]),
-            "likes_level": pa.array(rows["likes_level"][a:b]),
-            "views_level": pa.array(rows["views_level"][a:b]),
-            "item_id": pa.array(rows["item_id"][a:b]),
-        }
-        if split != "test":  # like the challenge, the test labels are withheld
-            cols["label"] = pa.array(rows["label"][a:b])
-        write_parquet_atomic(pa.table(cols), tmp / f"{split}.parquet")
-        write_parquet_atomic(pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]}),
-                      tmp / "truth" / f"{split}.parquet")
-    write_json_atomic(tmp / "world.json", {"seed": seed, "preset": preset, **asdict(config)})

@@ -163,13 +163,15 @@ class ServingAdapter:
                 per_user.append((c, scores[i, c]) if c is not None else (None, scores[i]))
         out = []
         for en, (c, s) in zip(entries, per_user):
-            ids = c if c is not None else torch.arange(len(s))
-            keep = torch.isfinite(s)  # the catalogue's padding column 0 is -inf
-            if exclude_seen:
-                keep &= ~torch.isin(ids, en.seen)
-            ids, s = ids[keep], s[keep]
+            if exclude_seen and len(en.seen):  # copies: the batch's score rows stay untouched
+                s = s.index_fill(0, en.seen, float("-inf")) if c is None else \
+                    s.masked_fill(torch.isin(c, en.seen), float("-inf"))
             top = s.topk(min(k, len(s)))
-            out.append((ids[top.indices], top.values))
+            # scores were checked finite, so -inf here is the padding column or an excluded item: fewer
+            # eligible items than k give the shorter list
+            ok = torch.isfinite(top.values)
+            idx = top.indices[ok]
+            out.append((idx if c is None else c[idx], top.values[ok]))
         return out
 
     def _index_topk(self, entries: list[UserEntry], k: int) -> list[tuple[Tensor, Tensor]]:

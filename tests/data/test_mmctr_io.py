@@ -189,7 +189,7 @@ def test_load_mmctr_round_trip(good_dir, world):
         assert isinstance(s, Split) and s.name == name and len(s) == N_ROWS
         for col in ("user_id", "item_id", "likes_level", "views_level", "item_seq"):
             t = getattr(s, col)
-            assert t.dtype == torch.int64, col
+            assert t.dtype == (torch.int32 if col == "item_seq" else torch.int64), col  # histories: 4 B an id
             np.testing.assert_array_equal(t.numpy(), d[col])
         if name == "test":
             assert s.label is None
@@ -240,6 +240,34 @@ def test_ragged_histories(tmp_path, world, list_type, max_len):
     assert s.info["stored_width_min"] == 0 and s.info["stored_width_max"] == 9
     b = s.batch(torch.tensor([1, 0]))
     np.testing.assert_array_equal(b.mask.numpy(), window_ref([[0, 7, 0, 5], []], max_len) > 0)
+
+
+@pytest.mark.parametrize("read_rows", [1, 7, 50, 1 << 17])
+def test_reading_by_record_batches_equals_one_batch_and_rows_count_from_the_file(tmp_path, world, monkeypatch,
+                                                                                 read_rows):
+    """The reader goes through a file read_rows rows at a time: the arrays are the same for any batch
+    size, batches become int64 model inputs, and an error names the row in the file, not in the batch."""
+    rng = np.random.default_rng(5)
+    lists = [[int(x) for x in rng.integers(1, N_ITEMS, size=int(rng.integers(0, 12)))] for _ in range(N_ROWS)]
+    d = world["splits"]["train"]
+    pq.write_table(split_table(d, seq_array=_ragged_list(lists)), tmp_path / "train.parquet", row_group_size=9)
+    monkeypatch.setattr(mmctr, "_READ_ROWS", read_rows)
+    s = read_split(tmp_path / "train.parquet", "train", max_len=6, n_items=N_ITEMS)
+    np.testing.assert_array_equal(s.item_seq.numpy(), window_ref(lists, 6))
+    for col in ("user_id", "item_id", "likes_level", "views_level"):
+        np.testing.assert_array_equal(getattr(s, col).numpy(), d[col])
+    np.testing.assert_array_equal(s.label.numpy(), d["label"])
+    assert s.batch(torch.tensor([3, 1])).item_seq.dtype == torch.int64
+    bad = [list(x) for x in lists]
+    bad[37] = bad[37] + [N_ITEMS + 5]
+    pq.write_table(split_table(d, seq_array=_ragged_list(bad)), tmp_path / "bad.parquet", row_group_size=9)
+    with pytest.raises(DataError, match=r"bad.parquet: column 'item_seq', row 37: item id 25 outside"):
+        read_split(tmp_path / "bad.parquet", "train", max_len=6, n_items=N_ITEMS)
+    labels = pa.array([None if r >= 40 else float(d["label"][r]) for r in range(N_ROWS)], pa.float32())
+    t = split_table(d).set_column(split_table(d).column_names.index("label"), "label", labels)
+    pq.write_table(t, tmp_path / "nulls.parquet")
+    with pytest.raises(DataError, match=r"nulls.parquet: column 'label', row 40: null value"):
+        read_split(tmp_path / "nulls.parquet", "test", max_len=6, n_items=N_ITEMS, require_label=False)
 
 
 def test_ragged_block_path_matches_reference(monkeypatch):
@@ -728,3 +756,37 @@ def test_cli_check_corrupt(cli_runs, corrupt):
     assert len(lines) == 1, err
     assert lines[0].startswith("ssmrec: error:")
     assert file in lines[0]
+
+
+_PEAK_SCRIPT = """
+import sys, resource
+import pyarrow as pa
+from ssmrec.data.mmctr import read_split
+s = read_split(sys.argv[1], "train", max_len=64)
+print(pa.default_memory_pool().max_memory(), s.item_seq.numel() * 4)
+"""
+
+
+@pytest.mark.slow
+def test_the_readers_arrow_memory_does_not_grow_with_rows(tmp_path):
+    """Reading 4x the rows needs 4x the output arrays, but the arrow side (one record batch of lists in
+    flight) stays bounded: its peak at 400k rows is under 1.5x its peak at 100k rows and under a third
+    of the histories' own bytes (the old reader held the whole file's lists: ~3x the histories)."""
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for n in (100_000, 400_000):
+        seq = rng.integers(1, 1000, size=(n, 64))
+        table = pa.table({"user_id": pa.array(np.arange(n)), "item_seq": _fixed_list(seq),
+                          "likes_level": pa.array(np.zeros(n, np.int64)), "views_level": pa.array(np.zeros(n, np.int64)),
+                          "item_id": pa.array(np.ones(n, np.int64)), "label": pa.array(np.zeros(n, np.float32))})
+        path = tmp_path / f"train{n}.parquet"
+        pq.write_table(table, path)
+        del table, seq
+        r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True,
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == 0, r.stderr[-2000:]
+        arrow_peak, hist_bytes = map(int, r.stdout.split())
+        peaks[n] = arrow_peak
+        if n == 400_000:
+            assert arrow_peak < hist_bytes / 3, (arrow_peak, hist_bytes)
+    assert peaks[400_000] < 1.5 * peaks[100_000], peaks

@@ -103,7 +103,7 @@ _CODE_DEFAULTS = {"stage1": "mamba2", "stage1_prenorm_residual": False, "stage2"
 class SequenceEncoder(nn.Module):
     """Stage I: a :class:`RecurrentStack` of Mamba-1 / Mamba-2 layers (plain, or pre-LN residual) or
     Transformer encoder layers, mask-aware. The Mamba stack also serves one event at a time
-    (``stack.step``, :mod:`ssmrec.serve.scorers`)."""
+    (``stack.step``, the model's incremental contract: :mod:`ssmrec.models.incremental`)."""
 
     def __init__(self, cfg: MambaCTRConfig, d_model: int):
         super().__init__()
