@@ -384,6 +384,9 @@ def _truth_table(rows: dict, a: int, b: int) -> pa.Table:
     return pa.table({"p_click": rows["p_click"][a:b], "label": rows["label"][a:b]})
 
 
+ROW_GROUP_ROWS = 1 << 17  # rows per parquet row group of a chunked world: what the reader decodes at once
+
+
 def _write_world_chunked(tmp: Path, config: WorldConfig, seed: int, preset: str, progress: bool = True) -> dict:
     """A world too large for memory: items first, then users in chunks of ``chunk_users``, each chunk's
     rows appended to the split files (``pyarrow.parquet.ParquetWriter``). Every row's time is drawn up
@@ -426,7 +429,7 @@ def _write_world_chunked(tmp: Path, config: WorldConfig, seed: int, preset: str,
                                     (f"truth/{split}", _truth_table(part, 0, len(sel)))):
                     if name not in writers:
                         writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", table.schema)
-                    writers[name].write_table(table)
+                    writers[name].write_table(table, row_group_size=ROW_GROUP_ROWS)
                 written[split] += len(sel)
             bar.update(b - a)
     finally:
