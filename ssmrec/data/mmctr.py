@@ -138,18 +138,26 @@ def _check_max_len(max_len) -> int:
     return int(max_len)
 
 
-def _read_table(path: Path) -> pa.Table:
+def _open_parquet(path: Path) -> pq.ParquetFile:
     if not path.exists():
         raise DataError(path, "file not found")
     if not path.is_file():
         raise DataError(path, "not a regular file")
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
-    if table.num_rows == 0:
+    if pf.metadata.num_rows == 0:
         raise DataError(path, "file has 0 rows")
-    return table
+    return pf
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The whole file (item_info: small); interaction files are read by :func:`_row_slices`."""
+    try:
+        return _open_parquet(path).read()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, f"cannot read parquet (truncated?): {one_line(str(e), 200)}") from None
 
 
 def _check_columns(path: Path, names, required, optional=()) -> None:
@@ -324,20 +332,6 @@ def _to_item_info(tags: np.ndarray, emb: np.ndarray) -> ItemInfo:
 def read_item_info(path) -> ItemInfo:
     """Read ``item_info.parquet``: dense ids 0..n-1 in row order, 5 tags, 128-d finite embedding."""
     return _to_item_info(*_item_info_arrays(Path(path)))
-
-
-def _open_parquet(path: Path) -> pq.ParquetFile:
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if not path.is_file():
-        raise DataError(path, "not a regular file")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read parquet (empty or truncated?): {one_line(str(e), 200)}") from None
-    if pf.metadata.num_rows == 0:
-        raise DataError(path, "file has 0 rows")
-    return pf
 
 
 def _shifted(e: DataError, offset: int) -> DataError:
