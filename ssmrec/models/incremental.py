@@ -160,8 +160,10 @@ class IncrementalModel:
 
     def step_tensors(self, tensors: dict[str, Tensor], items: Tensor, positions: Tensor) -> dict[str, Tensor]:
         """One event per row: batched fixed-size tensors ``(B, ...)``, item ids and 0-based positions in the
-        window ``(B,)`` -> the new tensors (pure; ``ssmrec export`` traces it)."""
-        raise NotImplementedError
+        window ``(B,)`` -> the new tensors (pure; ``ssmrec export`` traces it). Optional: a model that sets
+        ``advances`` either implements this or overrides :meth:`advance`."""
+        raise NotImplementedError(f"{type(self).__name__} sets advances but implements neither step_tensors nor "
+                                  f"advance")
 
     def advance(self, tensors: list[dict[str, Tensor]], events: list[Tensor],
                 n_before: list[int]) -> list[dict[str, Tensor]]:
@@ -226,7 +228,10 @@ class IncrementalModel:
 
     def score(self, states: list[ModelState], candidates: list[Tensor],
               features: list[dict[str, Tensor]] | None = None) -> list[Tensor]:
-        raise NotImplementedError
+        """Per user, the candidates' scores. Every task's base implements it (``CTRModel``: ``forward`` on the
+        window; ``SeqRecModel``: softmax over the catalogue; the two towers: inner products)."""
+        raise NotImplementedError(f"{type(self).__name__} does not derive from a task's serving base "
+                                  f"(CTRModel, SeqRecModel) and defines no score")
 
     # ------------------------------------------------------------------ checks
     def check_state(self, state: ModelState) -> None:
