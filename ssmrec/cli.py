@@ -451,6 +451,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from ssmrec.runtime import flush_denormals
+
+        flush_denormals()  # before any torch work, so every intra-op thread inherits it
         return int(args.func(args) or 0)
     except SsmrecError as e:
         print(f"ssmrec: error: {e}", file=sys.stderr)

@@ -41,6 +41,7 @@ from ssmrec.errors import ConfigError, DataError, SsmrecError, one_line
 DEFAULT_LIST = builtin_config_dir() / "bench" / "ctr.yaml"
 DEFAULT_DATA = "data/synth-default"
 DEFAULT_SEED = 20242025
+DEFAULT_OUT = "runs/bench-ctr"
 
 # Vocabulary sizes of the real MM-CTR data (reference doc §11.1; shared/data/mmctr-microlens1m-vocab):
 # item_id 0..91,716 + OOV, item_tags 0..11,738 + OOV, likes/views levels 0..9 + OOV.
@@ -406,6 +407,20 @@ def _resolve_data(args) -> Path:
 
 
 def cmd_bench_ctr(args) -> int:
+    if args.size:
+        if args.resume or args.epochs != 1 or args.threads:
+            raise SsmrecError("--size measures throughput: --epochs, --threads and --resume do not apply "
+                              "(use --thread-counts, --steps)")
+        from ssmrec.bench.ctr_size import cmd_bench_ctr_size
+
+        if args.out == DEFAULT_OUT:
+            args.out = f"{DEFAULT_OUT}-{args.size}"
+        return cmd_bench_ctr_size(args)
+    for flag, given in (("--thread-counts", args.thread_counts != "1,2"), ("--steps", args.steps != 0),
+                        ("--warmup", args.warmup != -1), ("--fuxictr-python", args.fuxictr_python),
+                        ("--no-profile", not args.profile)):
+        if given:
+            raise SsmrecError(f"{flag} is an option of the throughput mode: add --size microlens1m")
     list_path = Path(args.config_list) if args.config_list else DEFAULT_LIST
     entries = select_entries(load_entries(list_path), args.models, list_path)
     if args.epochs < 1:
@@ -509,7 +524,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", help=f"MM-CTR directory (default {DEFAULT_DATA}, synthesized if absent)")
     p.add_argument("--models", help="comma-separated labels from the model list (default: all)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per model (overrides train.epochs; default 1)")
-    p.add_argument("--out", default="runs/bench-ctr", help="output folder (default runs/bench-ctr)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}, "
+                                                      f"{DEFAULT_OUT}-SIZE with --size)")
     p.add_argument("--config-list", help=f"model list YAML (default: the built-in bench/ctr.yaml)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="train.seed for every model")
     p.add_argument("--threads", type=int, default=0, help="torch threads per model (0 = torch default)")
@@ -519,6 +535,19 @@ def add_parser(subparsers) -> None:
                    help="config override applied to every model (repeatable), e.g. train.max_steps_per_epoch=50")
     p.add_argument("--resume", action="store_true",
                    help="keep models already measured in OUT/results.json with the same settings; run the rest")
+    g = p.add_argument_group("throughput at the challenge's real size (--size)")
+    g.add_argument("--size", choices=["microlens1m"],
+                   help="time training steps and inference of the reference configs on the full-size world "
+                        "(ssmrec data synth --size microlens1m) instead of training to AUC")
+    g.add_argument("--thread-counts", default="1,2", help="torch threads to measure, comma-separated (default 1,2)")
+    g.add_argument("--steps", type=int, default=0,
+                   help="timed training steps per run (default: about 16k samples, at least 5 steps)")
+    g.add_argument("--warmup", type=int, default=-1, help="untimed steps first (default: about 640 samples, >= 1)")
+    g.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the torch.profiler pass (phase and GEMM shares)")
+    g.add_argument("--fuxictr-python",
+                   help="python of a throw-away venv with FuxiCTR (benchmarks/fuxictr/README.md): also time the "
+                        "official baseline's DIN with the same batch, steps and threads")
     p.set_defaults(func=cmd_bench_ctr)
 
 

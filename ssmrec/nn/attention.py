@@ -26,21 +26,57 @@ from ssmrec.nn.layers import MLP, masked_softmax
 class DINAttention(nn.Module):
     """FuxiCTR ``DIN_Attention``: ``g_l = MLP([t ; h_l ; t - h_l ; t * h_l])`` (hidden layers with
     ``act`` and dropout, no BN, linear 1-unit output), ``a_l = g_l * m_l``; with ``softmax`` the masked
-    weights are normalised. Returns ``sum_l a_l h_l``."""
+    weights are normalised. Returns ``sum_l a_l h_l``.
 
-    def __init__(self, dim, hidden=(512, 256), act="relu", dropout=0.0, softmax=False):
+    ``impl="factored"`` (default) computes the same function with less arithmetic. The first layer is
+    linear in the concatenation, so with ``W = [W_t | W_h | W_d | W_p]``
+    ``W [t ; h ; t - h ; t * h] = (W_t + W_d) t + [W_h - W_d | W_p] [h ; t * h]``: the target term is
+    computed once per row, not once per slot, and the per-slot input is ``2d`` wide instead of ``4d``.
+    Padded slots get weight 0 in both normalisations, so they are skipped (only the valid slots are
+    gathered) unless the activation is Dice, whose BatchNorm statistics count every slot. With the
+    reference sizes (d 256, hidden [512, 256]) a valid slot costs 393k multiply-adds instead of 655k,
+    and a padded one nothing.
+    ``impl="concat"`` is the literal form (FuxiCTR's arithmetic), kept for comparison and tests.
+    """
+
+    def __init__(self, dim, hidden=(512, 256), act="relu", dropout=0.0, softmax=False, impl="factored"):
         super().__init__()
+        if impl not in ("factored", "concat"):
+            raise ValueError(f"DIN attention impl must be factored or concat, got {impl!r}")
         self.mlp = MLP(4 * dim, list(hidden), 1, act=act, dropout=dropout)
-        self.softmax = softmax
+        self.softmax, self.impl, self.dim = softmax, impl, dim
+        self.pack_valid = act != "dice"  # Dice's BatchNorm normalises over padded slots too
 
     def forward(self, target, history, mask):
+        scores = self._scores_factored(target, history, mask) if self.impl == "factored" else \
+            self._scores_concat(target, history)
+        weights = masked_softmax(scores, mask) if self.softmax else scores * mask.to(scores.dtype)
+        return torch.einsum("bl,bld->bd", weights, history)
+
+    def _scores_concat(self, target, history):
         b, length, d = history.shape
         t = target.unsqueeze(1).expand(-1, length, -1)
         feats = torch.cat([t, history, t - history, t * history], dim=-1)
         # Flattened to (B*L, 4D): BatchNorm inside Dice normalises over every slot, as FuxiCTR does.
-        scores = self.mlp(feats.reshape(b * length, 4 * d)).view(b, length)
-        weights = masked_softmax(scores, mask) if self.softmax else scores * mask.to(scores.dtype)
-        return torch.einsum("bl,bld->bd", weights, history)
+        return self.mlp(feats.reshape(b * length, 4 * d)).view(b, length)
+
+    def _scores_factored(self, target, history, mask):
+        b, length, d = history.shape
+        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        w_t, w_h, w_d, w_p = first.weight.split(d, dim=1)
+        per_row = F.linear(target, w_t + w_d, first.bias)  # (B, H1)
+        w_slot = torch.cat([w_h - w_d, w_p], dim=1)  # (H1, 2d)
+        if not self.pack_valid:
+            x = torch.cat([history, target.unsqueeze(1) * history], dim=-1).reshape(b * length, 2 * d)
+            z = (x @ w_slot.t()).view(b, length, -1) + per_row.unsqueeze(1)
+            return rest(z.reshape(b * length, -1)).view(b, length)
+        slots = mask.reshape(-1).nonzero().squeeze(1)
+        rows = torch.div(slots, length, rounding_mode="floor")
+        h = history.reshape(b * length, d).index_select(0, slots)
+        x = torch.cat([h, target.index_select(0, rows) * h], dim=1)
+        z = torch.addmm(per_row.index_select(0, rows), x, w_slot.t())
+        valid = rest(z).squeeze(1)
+        return valid.new_zeros(b * length).index_copy(0, slots, valid).view(b, length)
 
 
 class TargetAttention(nn.Module):

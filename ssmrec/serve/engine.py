@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssmrec.runtime import flush_denormals
 from ssmrec.serve.adapter import ServingAdapter, UserEntry
 from ssmrec.serve.cache import Persister, StateCache
 
@@ -115,6 +116,7 @@ class Engine:
 
     # ------------------------------------------------------------------ the inference thread
     def _run(self) -> None:
+        flush_denormals()  # per thread: the pool this thread starts inherits it
         if self.threads:
             torch.set_num_threads(self.threads)
         while True:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
 import yaml
 
 from ssmrec.config import RunConfig, from_dict, resume_incompatibilities
@@ -44,6 +45,7 @@ from ssmrec.nn.sync_batchnorm import convert_sync_batchnorm
 from ssmrec.tasks import make_task
 from ssmrec import checkpoint
 from ssmrec.checkpoint import load_model
+from ssmrec.runtime import flush_denormals
 from ssmrec.train.optim import l2_regularization, make_optimizer
 from ssmrec.train.rundir import RunDir
 
@@ -102,6 +104,7 @@ class Trainer:
         tc = cfg.train
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
+        flush_denormals()
         torch.manual_seed(tc.seed)
         if task is None:
             if data is not None:
@@ -125,6 +128,8 @@ class Trainer:
                       "bad_epochs": 0, "lr": tc.lr, "done": False, "train_seconds": 0.0, "epoch_loss": {},
                       "epoch_rows": 0, "run_id": uuid.uuid4().hex[:12]}
         self.history: list[dict] = []
+        self.step_seconds: list[float] = []  # wall time of every training step this process ran
+        self.step_hooks: list = []  # callables run after every step (e.g. a profiler's step())
         self._last_good = None  # (epoch, step) of the newest last.pt written by this run
 
     @property
@@ -219,27 +224,36 @@ class Trainer:
                    disable=not (tc.progress and self.rank == 0), smoothing=0.1)
         t0 = time.perf_counter()
         for step in range(st["step"], n_steps):
-            idx = order[step * local_bs:(step + 1) * local_bs]
-            batch = self.task.train_batch(idx).to(self.device)
-            parts = self.task.loss(model(batch), batch)
-            loss = parts["loss"] + l2_regularization(self.model, tc.embedding_regularizer, tc.net_regularizer)
+            t_step = time.perf_counter()
+            # The named ranges cost nothing unless a profiler runs (`ssmrec bench ctr --size` reads them).
+            with record_function("ssmrec::data"):
+                idx = order[step * local_bs:(step + 1) * local_bs]
+                batch = self.task.train_batch(idx).to(self.device)
+            with record_function("ssmrec::forward"):
+                parts = self.task.loss(model(batch), batch)
+                loss = parts["loss"] + l2_regularization(self.model, tc.embedding_regularizer, tc.net_regularizer)
             bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
             if self.world > 1:
                 dist.all_reduce(bad)
             if bad.item():
                 raise self._diverged(f"loss is {float(loss.detach())}", epoch, step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
-            if not bool(torch.isfinite(norm)):
-                raise self._diverged(f"gradient norm is {float(norm)}", epoch, step)
-            self.optimizer.step()
+            with record_function("ssmrec::backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with record_function("ssmrec::optimizer"):
+                norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                if not bool(torch.isfinite(norm)):
+                    raise self._diverged(f"gradient norm is {float(norm)}", epoch, step)
+                self.optimizer.step()
             st["step"] = step + 1
             st["global_step"] += 1
             for name, value in parts.items():
                 st["epoch_loss"][name] = st["epoch_loss"].get(name, 0.0) + float(value.detach()) * len(idx)
             st["epoch_rows"] += len(idx)
             bar.update(len(idx) * self.world)
+            self.step_seconds.append(time.perf_counter() - t_step)
+            for hook in self.step_hooks:
+                hook()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{self._epoch_means().get(self._primary(), float('nan')):.4f}")
             if tc.checkpoint_every > 0 and st["step"] % tc.checkpoint_every == 0 and st["step"] < n_steps:

@@ -83,6 +83,37 @@ def test_din_attention_raw_weights_and_softmax():
     torch.testing.assert_close(soft(t, same, mask), torch.ones(2, 4))
 
 
+@pytest.mark.parametrize("act,softmax", [("relu", False), ("relu", True), ("dice", False)])
+def test_din_attention_factored_equals_concat(act, softmax):
+    """The factored form (target term per row, padded slots skipped) is the same function as the
+    literal concat MLP: outputs and every gradient agree. Dice (BatchNorm over all slots, so no
+    skipping) runs in training mode to use batch statistics."""
+    torch.manual_seed(0)
+    d, b, length = 6, 5, 7
+    concat = DINAttention(d, hidden=(16, 8), act=act, dropout=0.0, softmax=softmax, impl="concat")
+    factored = DINAttention(d, hidden=(16, 8), act=act, dropout=0.0, softmax=softmax, impl="factored")
+    factored.load_state_dict(concat.state_dict())
+    mask = torch.rand(b, length) < 0.6
+    mask[0] = False  # a row with no history at all
+    mask[1] = True
+    t = torch.randn(b, d, requires_grad=True)
+    h = (torch.randn(b, length, d) * mask.unsqueeze(-1)).requires_grad_(True)
+    outs, grads = [], []
+    for att in (concat, factored):
+        att.train(act == "dice")
+        out = att(t, h, mask)
+        (out * torch.arange(d)).sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad.clone(), h.grad.clone()] + [p.grad.clone() for p in att.parameters()])
+        t.grad = h.grad = None
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    assert (outs[0][0] == 0).all()
+    for g_factored, g_concat in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_factored, g_concat, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="factored or concat"):
+        DINAttention(d, impl="fast")
+
+
 def test_target_attention_relu_softmax_residual_and_broadcasting():
     torch.manual_seed(0)
     d, da, length = 6, 12, 5

@@ -36,6 +36,9 @@ class DINConfig:
     attention_activation: Activation = "relu"  # dice: MambaCTR's DIN (with embedding_dim 128)
     attention_dropout: Rate = 0.1
     attention_softmax: Bool = False
+    # factored: the same function with the target term once per row and padded slots skipped
+    # (DINAttention); concat: the literal [t; h; t-h; t*h] MLP, FuxiCTR's arithmetic.
+    attention_impl: Literal["factored", "concat"] = "factored"
     dnn_hidden: Widths = field(default_factory=lambda: [1024, 512, 256])
     dnn_activation: Activation = "relu"
     net_dropout: Rate = 0.1
@@ -54,7 +57,7 @@ class DIN(nn.Module, CTRModel):
                                                cfg.level_zero_is_padding)
         d = self.embedding.item_dim
         self.attention = DINAttention(d, cfg.attention_hidden, cfg.attention_activation, cfg.attention_dropout,
-                                      cfg.attention_softmax)
+                                      cfg.attention_softmax, cfg.attention_impl)
         self.dnn = MLP(self.embedding.side_dim + 2 * d, cfg.dnn_hidden, 1, act=cfg.dnn_activation,
                        dropout=cfg.net_dropout, batch_norm=cfg.batch_norm)
         fuxictr_init(self)
