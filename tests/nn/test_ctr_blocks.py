@@ -114,6 +114,28 @@ def test_din_attention_factored_equals_concat(act, softmax):
         DINAttention(d, impl="fast")
 
 
+@pytest.mark.parametrize("norm,bias", [("relu", False), ("relu", True), ("softmax", True)])
+def test_target_attention_folded_forward_equals_projected_keys(norm, bias):
+    """forward (projections folded onto the query and the pooled item) is attend(project_kv(seq)):
+    values and every gradient agree, padded slots and a row with no history included."""
+    torch.manual_seed(0)
+    d, da, b, length = 6, 12, 4, 5
+    att = TargetAttention(d, d, da, d_out=d, norm=norm, bias=bias)
+    mask = torch.rand(b, length) < 0.6
+    mask[0] = False
+    q = torch.randn(b, d, requires_grad=True)
+    seq = torch.randn(b, length, d, requires_grad=True)
+    results = []
+    for run in (lambda: att(q, seq, mask), lambda: att.attend(q, *att.project_kv(seq), mask)):
+        out = run()
+        (out * torch.arange(d)).sum().backward()
+        results.append([out.detach(), q.grad.clone(), seq.grad.clone()] + [p.grad.clone() for p in att.parameters()])
+        att.zero_grad()
+        q.grad = seq.grad = None
+    for folded, projected in zip(*results):
+        torch.testing.assert_close(folded, projected, rtol=1e-4, atol=1e-6)
+
+
 def test_target_attention_relu_softmax_residual_and_broadcasting():
     torch.manual_seed(0)
     d, da, length = 6, 12, 5
