@@ -416,7 +416,8 @@ def cmd_bench_ctr(args) -> int:
         if args.out == DEFAULT_OUT:
             args.out = f"{DEFAULT_OUT}-{args.size}"
         return cmd_bench_ctr_size(args)
-    for flag, given in (("--thread-counts", args.thread_counts != "1,2"), ("--steps", args.steps != 0),
+    for flag, given in (("--thread-counts", args.thread_counts != "1,2"), ("--processes", args.processes != "1"),
+                        ("--steps", args.steps != 0),
                         ("--warmup", args.warmup != -1), ("--fuxictr-python", args.fuxictr_python),
                         ("--no-profile", not args.profile)):
         if given:
@@ -540,6 +541,9 @@ def add_parser(subparsers) -> None:
                    help="time training steps and inference of the reference configs on the full-size world "
                         "(ssmrec data synth --size microlens1m) instead of training to AUC")
     g.add_argument("--thread-counts", default="1,2", help="torch threads to measure, comma-separated (default 1,2)")
+    g.add_argument("--processes", default="1",
+                   help="DDP processes to measure, comma-separated (default 1); N > 1 runs the worker under "
+                        "torchrun --standalone --nproc-per-node N with each thread count per process")
     g.add_argument("--steps", type=int, default=0,
                    help="timed training steps per run (default: about 16k samples, at least 5 steps)")
     g.add_argument("--warmup", type=int, default=-1, help="untimed steps first (default: about 640 samples, >= 1)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -105,6 +106,8 @@ def worker(spec_path, result_path) -> int:
         warm, timed, prof_steps = spec["warmup"], spec["steps"], spec["profile_steps"]
         trainer.train_epoch(0)  # max_steps_per_epoch = warm + timed (set by the parent)
         step_s = trainer.step_seconds[warm:warm + timed]
+        if trainer.rank != 0:  # under torchrun: rank 0 measures inference and writes the record
+            return 0
         rss_train = peak_rss_mb()
         valid = trainer.data.splits["valid"]
         infer = []
@@ -114,7 +117,7 @@ def worker(spec_path, result_path) -> int:
                 predict_split(trainer.model, valid, cfg.train.eval_batch_size, trainer.device)
             infer.append(time.perf_counter() - t)
         profile = None
-        if prof_steps > 0:
+        if prof_steps > 0 and trainer.world == 1:
             from torch.profiler import ProfilerActivity, profile as torch_profile
 
             trainer.state["step"] = 0
@@ -127,6 +130,7 @@ def worker(spec_path, result_path) -> int:
         bs = cfg.train.batch_size
         result.update(
             model=cfg.model, batch_size=bs, eval_batch_size=cfg.train.eval_batch_size, threads=torch.get_num_threads(),
+            processes=trainer.world,
             params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             n_train=trainer.task.num_train_samples(), n_valid=len(valid), setup_s=setup_s,
             warmup_steps=warm, step_s=step_s, step_s_min=st["min"], step_s_median=st["median"],
@@ -157,6 +161,15 @@ def _run(cmd: list[str], log_path: Path, result_path: Path) -> dict:
     return rec
 
 
+def worker_command(spec_path: Path, result_path: Path, processes: int) -> list[str]:
+    """One process, or ``processes`` DDP ranks on this machine through torchrun (gloo on CPU)."""
+    module = ["-m", "ssmrec.bench.ctr_size", "--worker", str(spec_path), str(result_path)]
+    if processes == 1:
+        return [sys.executable, *module]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            *module]
+
+
 def run_fuxictr(python: str, data: Path, batch: int, steps: int, warmup: int, threads: int, infer_batches: int,
                 logs: Path) -> dict:
     """The official baseline's DIN through the throw-away harness (its own interpreter and packages)."""
@@ -170,7 +183,7 @@ def run_fuxictr(python: str, data: Path, batch: int, steps: int, warmup: int, th
     step = raw.get("step_seconds") or []
     st = summarize_times(step) if step else {"min": None, "median": None}
     return {"label": "fuxictr_din", "config": "official baseline (FuxiCTR DIN_Attention)", "status": "ok",
-            "threads": threads, "batch_size": batch, "warmup_steps": warmup, "step_s": step,
+            "threads": threads, "processes": 1, "batch_size": batch, "warmup_steps": warmup, "step_s": step,
             "step_s_min": st["min"], "step_s_median": st["median"],
             "train_samples_per_s": batch / st["median"] if st["median"] else None,
             "train_samples_per_s_best": batch / st["min"] if st["min"] else None,
@@ -193,25 +206,32 @@ def render_markdown(results: dict) -> str:
              "Training: samples/s = batch / median step (min step in brackets), every step of the library's "
              "Trainer (batching, forward, backward, clip, optimiser). Inference: rows/s over the valid split.", ""]
     fx = {r["threads"]: r for r in recs if r["label"] == "fuxictr_din"}
-    one = {r["label"]: r for r in recs if r["threads"] == min(meta["thread_counts"])}
-    headers = ["model", "batch", "threads", "train samples/s (best)", "step s min / median", "x 1 thread",
-               "vs FuxiCTR DIN", "est. epoch h", "infer rows/s", "peak RSS MB", "params"]
+    procs = lambda r: r.get("processes", 1)  # noqa: E731
+    fewest = min(meta["thread_counts"])
+    by_key = {(r["label"], r["threads"], procs(r)): r for r in recs}
+    headers = ["model", "batch", "processes x threads", "train samples/s (best)", "step s min / median",
+               f"x {fewest} thread", "x 1 process", "vs FuxiCTR DIN", "est. epoch h", "infer rows/s",
+               "peak RSS MB", "params"]
     rows = []
-    for r in sorted(recs, key=lambda r: (r["label"], r["threads"])):
-        base = one.get(r["label"])
-        scale = (r["train_samples_per_s"] / base["train_samples_per_s"]
-                 if base and base is not r and base.get("train_samples_per_s") else None)
-        vs = fx.get(r["threads"])
+
+    def ratio_to(r, base):
+        return (r["train_samples_per_s"] / base["train_samples_per_s"]
+                if base and base is not r and base.get("train_samples_per_s") else None)
+
+    for r in sorted(recs, key=lambda r: (r["label"], procs(r), r["threads"])):
+        scale = ratio_to(r, by_key.get((r["label"], fewest, procs(r))))
+        dist_scale = ratio_to(r, by_key.get((r["label"], r["threads"], 1)))
+        vs = fx.get(r["threads"]) if procs(r) == 1 else None
         ratio = (r["train_samples_per_s"] / vs["train_samples_per_s"]
                  if vs and vs is not r and r.get("batch_size") == vs.get("batch_size")
                  and vs.get("train_samples_per_s") else None)
         epoch_h = r.get("epoch_h_estimate")
         if epoch_h is None and meta.get("n_train") and r.get("train_samples_per_s"):
             epoch_h = meta["n_train"] / r["train_samples_per_s"] / 3600
-        rows.append([r["label"], r.get("batch_size"), r["threads"],
+        rows.append([r["label"], r.get("batch_size"), f"{procs(r)} x {r['threads']}",
                      f"{_f(r.get('train_samples_per_s'), ',.0f')} ({_f(r.get('train_samples_per_s_best'), ',.0f')})",
                      f"{_f(r.get('step_s_min'), '.3f')} / {_f(r.get('step_s_median'), '.3f')}",
-                     _f(scale, '.2f', '—'), _f(ratio, '.2f', '—'), _f(epoch_h, '.2f'),
+                     _f(scale, '.2f', '—'), _f(dist_scale, '.2f', '—'), _f(ratio, '.2f', '—'), _f(epoch_h, '.2f'),
                      _f(r.get('infer_rows_per_s'), ',.0f'), _f(r.get('peak_rss_mb'), ',.0f'),
                      _f(r.get('params'), ',')])
     lines.append(markdown_table(headers, rows))
@@ -273,8 +293,20 @@ def cmd_bench_ctr_size(args) -> int:
             from None
     if not thread_counts or thread_counts[0] < 1:
         raise SsmrecError(f"--thread-counts must be comma-separated positive integers, got {args.thread_counts!r}")
+    try:
+        process_counts = sorted({int(t) for t in args.processes.split(",") if t.strip()})
+    except ValueError:
+        raise SsmrecError(f"--processes must be comma-separated positive integers, got {args.processes!r}") from None
+    if not process_counts or process_counts[0] < 1:
+        raise SsmrecError(f"--processes must be comma-separated positive integers, got {args.processes!r}")
     if args.fuxictr_python and not Path(args.fuxictr_python).is_file():
         raise SsmrecError(f"--fuxictr-python: {args.fuxictr_python} not found (see benchmarks/fuxictr/README.md)")
+    # processes x threads above the CPU count would time the oversubscription, not the model
+    cpus = os.cpu_count() or 1
+    combos = [(t, p) for p in process_counts for t in thread_counts if p == 1 or p * t <= cpus]
+    skipped = [f"{p} x {t}" for p in process_counts for t in thread_counts if p > 1 and p * t > cpus]
+    if skipped:
+        print(f"skipping {', '.join(skipped)} processes x threads: more than this machine's {cpus} CPUs", flush=True)
     out = check_output_dir(args.out, "bench output")
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -284,19 +316,20 @@ def cmd_bench_ctr_size(args) -> int:
                                   sets=args.set or [], threads=0, runs_dir=(out / "runs").resolve())
         timed, warm = auto_steps(probe["train"]["batch_size"], args.steps, args.warmup)
         prof = max(2, math.ceil(4096 / probe["train"]["batch_size"])) if args.profile else 0
-        for t in thread_counts:
+        for t, n_proc in combos:
             path, rc = run_config_for(e, list_path, data_dir=str(data.resolve()), epochs=1, seed=args.seed,
                                       sets=(args.set or []) + [f"train.max_steps_per_epoch={warm + timed}",
                                                                "train.checkpoint_every=0", "train.progress=false"],
                                       threads=t, runs_dir=(out / "runs").resolve())
-            rc["name"] = f"{e.label}.t{t}"
+            rc["name"] = f"{e.label}.t{t}" + (f".p{n_proc}" if n_proc > 1 else "")
             plans.append((e, t, {"config_path": str(path), "run_config": rc, "threads": t, "steps": timed,
-                                 "warmup": warm, "infer_repeats": args.infer_repeats,
-                                 "profile_steps": prof if t == thread_counts[0] else 0}))
+                                 "warmup": warm, "infer_repeats": args.infer_repeats, "processes": n_proc,
+                                 "profile_steps": prof if (t == thread_counts[0] and n_proc == 1) else 0}))
 
     import torch
 
-    meta = {"size": args.size, "data_dir": str(data), "thread_counts": thread_counts, "torch": torch.__version__,
+    meta = {"size": args.size, "data_dir": str(data), "thread_counts": thread_counts,
+            "process_counts": process_counts, "torch": torch.__version__,
             "machine": machine_info(), "argv": sys.argv[1:], "list": str(list_path), "n_train": None}
     results = {"meta": meta, "records": []}
 
@@ -309,14 +342,15 @@ def cmd_bench_ctr_size(args) -> int:
     t_bench = time.perf_counter()
     jobs = len(plans) + (len(thread_counts) if args.fuxictr_python else 0)
     for i, (e, t, spec) in enumerate(plans, 1):
-        print(f"[{i}/{jobs}] {e.label} at {t} thread(s): {spec['warmup']} + {spec['steps']} steps of "
+        n_proc = spec["processes"]
+        print(f"[{i}/{jobs}] {e.label} at {n_proc} process(es) x {t} thread(s): {spec['warmup']} + {spec['steps']} steps of "
               f"{spec['run_config']['train']['batch_size']} · bench elapsed "
               f"{format_seconds(time.perf_counter() - t_bench)}", flush=True)
-        spec_path, result_path = logs / f"{e.label}.t{t}.spec.json", logs / f"{e.label}.t{t}.result.json"
+        stem = spec["run_config"]["name"]
+        spec_path, result_path = logs / f"{stem}.spec.json", logs / f"{stem}.result.json"
         write_json_atomic(spec_path, spec)
-        rec = _run([sys.executable, "-m", "ssmrec.bench.ctr_size", "--worker", str(spec_path), str(result_path)],
-                   logs / f"{e.label}.t{t}.log", result_path)
-        rec = {"label": e.label, "config": e.config, "set": e.set, **rec}
+        rec = _run(worker_command(spec_path, result_path, n_proc), logs / f"{stem}.log", result_path)
+        rec = {"label": e.label, "config": e.config, "set": e.set, "threads": t, "processes": n_proc, **rec}
         results["records"].append(rec)
         sync()
         if rec["status"] == "ok":
@@ -343,7 +377,8 @@ def cmd_bench_ctr_size(args) -> int:
     failed = [r for r in results["records"] if r.get("status") != "ok"]
     if failed:
         raise SsmrecError(f"{len(failed)} of {jobs} runs failed: " + "; ".join(
-            f"{r['label']} at {r.get('threads')} thread(s) ({r.get('error')})" for r in failed))
+            f"{r['label']} at {r.get('processes', 1)} x {r.get('threads')} thread(s) ({r.get('error')})"
+            for r in failed))
     return 0
 
 

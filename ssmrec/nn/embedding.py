@@ -9,6 +9,7 @@ from __future__ import annotations
 from ssmrec.data.mmctr import CTRBatch
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ssmrec.data.schema import ITEM_EMB_DIM, LEVEL_VOCAB
 
@@ -36,8 +37,18 @@ class MMCTRFeatureEmbedding(nn.Module):
         self.likes_table = nn.Embedding(LEVEL_VOCAB, dim, padding_idx=pad)
         self.views_table = nn.Embedding(LEVEL_VOCAB, dim, padding_idx=pad)
 
+    # A batch of histories repeats items heavily (MM-CTR at batch 8,192: 532k slots, far fewer
+    # distinct items, padding alone a third), so above this many ids each distinct item is encoded once.
+    DEDUP_MIN_IDS = 2048
+
     def items(self, ids: torch.Tensor) -> torch.Tensor:
         """Item vectors for an id tensor of any shape -> (*ids.shape, item_dim)."""
+        if ids.numel() >= self.DEDUP_MIN_IDS:
+            distinct, inverse = torch.unique(ids, return_inverse=True)
+            return F.embedding(inverse, self._encode(distinct))  # gradients summed per distinct item
+        return self._encode(ids)
+
+    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
         tags = self.item_tags[ids]
         tag_mask = (tags > 0).unsqueeze(-1).to(self.tag_table.weight.dtype)
         tag_vec = (self.tag_table(tags) * tag_mask).sum(-2) / (tag_mask.sum(-2) + 1e-12)

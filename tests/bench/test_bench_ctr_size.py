@@ -92,3 +92,22 @@ def test_size_mode_needs_the_world_and_valid_options(tmp_path, tiny_world):
     proc = run_cli("bench", "ctr", "--data", tiny_world, "--steps", "4", "--out", tmp_path / "o")
     assert "--size" in _error_line(proc)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_size_mode_runs_ddp_processes_through_torchrun(tmp_path, tiny_world):
+    lst = tmp_path / "list.yaml"
+    lst.write_text(yaml.safe_dump(LIST))
+    out = tmp_path / "out"
+    proc = run_cli("bench", "ctr", "--size", "microlens1m", "--data", tiny_world, "--config-list", lst, "--out", out,
+                   "--models", "tiny_mm", "--thread-counts", "1", "--processes", "2,1", "--no-profile", *SMALL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["process_counts"] == [1, 2]
+    recs = {r["processes"]: r for r in res["records"]}
+    assert set(recs) == {1, 2} and all(r["status"] == "ok" for r in recs.values())
+    ddp = recs[2]
+    assert ddp["batch_size"] == 32 and len(ddp["step_s"]) == 3  # the global batch; rank 0's steps
+    assert ddp["train_samples_per_s"] == pytest.approx(32 / statistics.median(ddp["step_s"]))
+    ratio = ddp["train_samples_per_s"] / recs[1]["train_samples_per_s"]
+    assert f"| 1 x 1 | " in (out / "results.md").read_text() and f"| {ratio:.2f} |" in (out / "results.md").read_text()

@@ -207,3 +207,31 @@ def test_quadratic_net_eval_folds_its_rows_exactly_and_follows_weight_updates():
         torch.testing.assert_close(qnn(x), unfolded(x), atol=1e-6, rtol=1e-5)
     qnn(x).sum().backward()  # eval forward outside inference mode still differentiates
     assert qnn.proj[0].weight.grad is not None and qnn.proj[0].weight.grad.abs().sum() > 0
+
+
+def test_item_vectors_encode_each_distinct_item_once_with_the_same_values_and_gradients():
+    """Above DEDUP_MIN_IDS the embedding encodes distinct ids once and gathers: same vectors and the
+    same gradients (summed per item) as encoding every slot."""
+    from ssmrec.nn.embedding import MMCTRFeatureEmbedding
+
+    torch.manual_seed(0)
+    n_items, n_tags = 50, 9
+    emb = MMCTRFeatureEmbedding(torch.randint(0, n_tags, (n_items, 5)), torch.randn(n_items, 128), n_tags, dim=8)
+    ids = torch.randint(0, n_items, (64, 40))  # 2,560 ids >= the threshold, heavy repeats
+    assert ids.numel() >= emb.DEDUP_MIN_IDS
+    weight = torch.randn(64, 40, emb.item_dim)
+    results = []
+    for encode in (emb.items, emb._encode):
+        emb.zero_grad()
+        out = encode(ids)
+        (out * weight).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in emb.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 1
+    encoded = []
+    encode_rows = emb._encode
+    emb._encode = lambda ids_: encoded.append(ids_.numel()) or encode_rows(ids_)
+    emb.items(ids)
+    assert encoded == [len(ids.unique())]  # each distinct item once
+    for dedup, every_slot in zip(*results):
+        # Sums over 2,560 slots in another order: float32 rounding, bounded relative to the largest entry.
+        assert (dedup - every_slot).abs().max() <= 1e-5 * every_slot.abs().max()
