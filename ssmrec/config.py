@@ -69,6 +69,9 @@ class TrainConfig(Section):
     progress: Bool = True
     max_steps_per_epoch: NonNegInt = 0  # 0 = full epoch; >0 caps steps (smoke tests)
     drop_last: Bool = False  # drop each epoch's last partial batch (FuxiCTR trains on it: false)
+    # DDP on CPU: embedding tables with at least this many rows all-reduce only the rows some rank
+    # touched (train/ddp.py); 0 = every gradient through DDP's dense all-reduce
+    ddp_sparse_min_rows: NonNegInt = 4096
 
 
 class RunHeader(Section):

@@ -46,6 +46,7 @@ from ssmrec.tasks import make_task
 from ssmrec import checkpoint
 from ssmrec.checkpoint import load_model
 from ssmrec.runtime import flush_denormals
+from ssmrec.train.ddp import SparseRowSync
 from ssmrec.train.optim import l2_regularization, make_optimizer
 from ssmrec.train.rundir import RunDir
 
@@ -118,9 +119,15 @@ class Trainer:
         self.monitor, self.mode = self.task.monitor_spec()
         self.model = self.task.build_model().to(self.device)
         prepare_kernels(self.model, self.device)  # compile outside the timed epochs
-        self.ddp = None
+        self.ddp = self.row_sync = None
         if self.world > 1:
             self.model = convert_sync_batchnorm(self.model, self.device)  # BN over the global batch
+            # Large embedding tables are synchronised row-sparsely after backward (train/ddp.py).
+            if self.device.type == "cpu" and tc.ddp_sparse_min_rows > 0:
+                self.row_sync = SparseRowSync(self.model, tc.ddp_sparse_min_rows)
+            if self.row_sync is not None and self.row_sync.tables:
+                torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.model, self.row_sync.parameter_names)
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = make_optimizer(self.model, tc)
         self.run_dir = cfg.run_dir
@@ -240,6 +247,8 @@ class Trainer:
             with record_function("ssmrec::backward"):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.row_sync is not None:
+                    self.row_sync.sync()
             with record_function("ssmrec::optimizer"):
                 norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
                 if not bool(torch.isfinite(norm)):

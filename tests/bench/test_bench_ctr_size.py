@@ -22,7 +22,7 @@ FAKE_FUXICTR = """#!/usr/bin/env python3
 import json, sys
 args = sys.argv[2:]
 out = args[args.index("--out") + 1]
-json.dump({"step_seconds": [2.0, 1.0, 4.0], "infer_rows_per_second": 1000.0, "params": 7,
+json.dump({"step_seconds": [2.0, 1.0, 4.0], "inference": {"rows_per_second": 1000.0}, "param_count": 7,
            "peak_rss_mb": 10.0, "fuxictr_version": "fake"}, open(out, "w"))
 """
 
@@ -62,6 +62,7 @@ def test_size_mode_times_every_model_and_thread_count(tmp_path, tiny_world):
         assert r["status"] == "ok", r
         if label == "fuxictr_din":
             assert r["train_samples_per_s"] == pytest.approx(32 / 2.0)  # batch / median of the harness's steps
+            assert r["infer_rows_per_s"] == 1000.0
             continue
         assert len(r["step_s"]) == 3 and r["warmup_steps"] == 1 and r["batch_size"] == 32
         assert r["train_samples_per_s"] == pytest.approx(32 / statistics.median(r["step_s"]))
