@@ -35,7 +35,7 @@ class SparseRowSync:
             if weight.grad is None:
                 weight.grad = torch.zeros_like(weight)
             grad = weight.grad
-            touched = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+            touched = grad.any(dim=1).nonzero().squeeze(1)
             counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
             dist.all_gather(counts, torch.tensor([touched.numel()]))
             longest = int(max(counts))

@@ -125,9 +125,13 @@ class Trainer:
             # Large embedding tables are synchronised row-sparsely after backward (train/ddp.py).
             if self.device.type == "cpu" and tc.ddp_sparse_min_rows > 0:
                 self.row_sync = SparseRowSync(self.model, tc.ddp_sparse_min_rows)
-            if self.row_sync is not None and self.row_sync.tables:
+            # Non-persistent buffers are data every rank builds identically (MM-CTR's item tables,
+            # 51 MB): DDP would broadcast them from rank 0 before every forward.
+            data_buffers = sorted({n for n, _ in self.model.named_buffers()} - set(self.model.state_dict()))
+            ignored = data_buffers + (self.row_sync.parameter_names if self.row_sync is not None else [])
+            if ignored:
                 torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                    self.model, self.row_sync.parameter_names)
+                    self.model, ignored)
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = make_optimizer(self.model, tc)
         self.run_dir = cfg.run_dir
