@@ -43,6 +43,8 @@ class MMCTRFeatureEmbedding(nn.Module):
 
     def items(self, ids: torch.Tensor) -> torch.Tensor:
         """Item vectors for an id tensor of any shape -> (*ids.shape, item_dim)."""
+        if not isinstance(ids.numel(), int):  # symbolic shape (export): a branch on it would pin it
+            return self._encode(ids)
         if ids.numel() >= self.DEDUP_MIN_IDS:
             distinct, inverse = torch.unique(ids, return_inverse=True)
             return F.embedding(inverse, self._encode(distinct))  # gradients summed per distinct item
