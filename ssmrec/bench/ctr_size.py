@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ssmrec.bench.common import (format_seconds, machine_info, markdown_table, peak_rss_mb, pyplot,
                                  save_figure_atomic, summarize_times, write_json_atomic, write_text_atomic)
+from ssmrec.bench.ctr import _fmt
 from ssmrec.errors import DataError, SsmrecError, one_line
 
 SIZES = {"microlens1m": {"data": "data/synth-microlens1m", "list": "ctr_microlens1m.yaml"}}
@@ -193,10 +194,6 @@ def run_fuxictr(python: str, data: Path, batch: int, steps: int, warmup: int, th
 
 
 # ------------------------------------------------------------------------------------------ report
-def _f(v, spec, missing="n/a"):
-    return missing if v is None else format(v, spec)
-
-
 def render_markdown(results: dict) -> str:
     meta, recs = results["meta"], [r for r in results["records"] if r.get("status") == "ok"]
     failed = [r for r in results["records"] if r.get("status") != "ok"]
@@ -230,11 +227,11 @@ def render_markdown(results: dict) -> str:
         if epoch_h is None and meta.get("n_train") and r.get("train_samples_per_s"):
             epoch_h = meta["n_train"] / r["train_samples_per_s"] / 3600
         rows.append([r["label"], r.get("batch_size"), f"{procs(r)} x {r['threads']}",
-                     f"{_f(r.get('train_samples_per_s'), ',.0f')} ({_f(r.get('train_samples_per_s_best'), ',.0f')})",
-                     f"{_f(r.get('step_s_min'), '.3f')} / {_f(r.get('step_s_median'), '.3f')}",
-                     _f(scale, '.2f', '—'), _f(dist_scale, '.2f', '—'), _f(ratio, '.2f', '—'), _f(epoch_h, '.2f'),
-                     _f(r.get('infer_rows_per_s'), ',.0f'), _f(r.get('peak_rss_mb'), ',.0f'),
-                     _f(r.get('params'), ',')])
+                     f"{_fmt(r.get('train_samples_per_s'), ',.0f')} ({_fmt(r.get('train_samples_per_s_best'), ',.0f')})",
+                     f"{_fmt(r.get('step_s_min'), '.3f')} / {_fmt(r.get('step_s_median'), '.3f')}",
+                     _fmt(scale, '.2f', '—'), _fmt(dist_scale, '.2f', '—'), _fmt(ratio, '.2f', '—'), _fmt(epoch_h, '.2f'),
+                     _fmt(r.get('infer_rows_per_s'), ',.0f'), _fmt(r.get('peak_rss_mb'), ',.0f'),
+                     _fmt(r.get('params'), ',')])
     lines.append(markdown_table(headers, rows))
     prof = [r for r in recs if r.get("profile")]
     if prof:
@@ -369,7 +366,7 @@ def cmd_bench_ctr_size(args) -> int:
             rec = run_fuxictr(args.fuxictr_python, data, batch, timed, warm, t, 3, logs)
             results["records"].append(rec)
             sync()
-            print(f"    {_f(rec.get('train_samples_per_s'), ',.0f')} samples/s" if rec["status"] == "ok"
+            print(f"    {_fmt(rec.get('train_samples_per_s'), ',.0f')} samples/s" if rec["status"] == "ok"
                   else f"    FAILED: {rec.get('error')}", flush=True)
     sync()
     print()
