@@ -53,6 +53,7 @@ class TrainConfig(Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: PosFloat = 5e-4
     weight_decay: NonNegFloat = 0.0  # decoupled (adamw) or L2 (adam); never on biases, norms, A_log, D, dt_bias
+    adam_eps: PosFloat = 1e-8  # Adam's denominator floor; with 1e-8 a near-zero gradient becomes a full +-lr step
     lr_schedule: Literal["plateau", "constant"] = "plateau"  # plateau: LR x lr_decay on a non-improving epoch
     epochs: PosInt = 100
     patience: PosInt = 5  # early stop after this many epochs without improvement of the monitor

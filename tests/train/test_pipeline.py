@@ -333,7 +333,12 @@ def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path, batch_no
     (301 rows) is synchronised row-sparsely (train/ddp.py, threshold lowered to reach it), with
     BatchNorm through DDP's dense all-reduce."""
     params = {**MODELS["din"], "batch_norm": batch_norm, "net_dropout": 0.0, "attention_dropout": 0.0}
-    sparse = {} if batch_norm else {"ddp_sparse_min_rows": 64, "embedding_regularizer": 0.0}
+    # Adam with eps 1e-8 maps a gradient that is ~0 but computed as reduction-order noise (which differs
+    # between 1 and 2 ranks, and with the CPU's rounding) to a full +-lr step: measured under
+    # ATEN_CPU_CAPABILITY=default, 1e-3 apart in weights after 6 steps, 1e-8 apart with eps 1e-3. That is
+    # Adam amplifying noise, not the sync; eps 1e-3 keeps the update Lipschitz in the gradient
+    # (|du| <= lr |dg| / eps), so float noise stays float noise and the tolerances below hold.
+    sparse = {} if batch_norm else {"ddp_sparse_min_rows": 64, "embedding_regularizer": 0.0, "adam_eps": 1e-3}
     results = {}
     for n in (1, 2):
         d = _cfg(tiny_world, tmp_path / str(n), "din", params=params, epochs=1 if batch_norm else 2,
@@ -351,9 +356,9 @@ def test_two_process_gloo_run_matches_one_process(tiny_world, tmp_path, batch_no
     # and compound over steps; so one epoch, looser tolerances.
     loss_tol, auc_tol = (1e-4, 2e-3) if batch_norm else (1e-5, 1e-4)
     assert len(results[1]) == len(results[2]) == (1 if batch_norm else 2)
-    for a, b in zip(results[1], results[2]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=loss_tol)
-        assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=auc_tol)
+    for key, tol in (("train_loss", loss_tol), ("valid_auc", auc_tol)):
+        one, two = [r[key] for r in results[1]], [r[key] for r in results[2]]
+        assert two == pytest.approx(one, abs=tol), key
 
 
 def test_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
