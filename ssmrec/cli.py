@@ -432,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--no-progress", action="store_true")
     emb.set_defaults(func=_cmd_embed)
 
+    __import__("ssmrec.train.tune", fromlist=["add_parser"]).add_parser(sub)
+
     # Benchmarks live in ssmrec.bench.<name>; each module exposes add_parser(subparsers) which
     # registers its own arguments and func (importing torch lazily, inside the command).
     bench = sub.add_parser("bench", help="benchmarks: printed, saved as JSON + PNG").add_subparsers(

@@ -73,6 +73,9 @@ class TrainConfig(Section):
     # DDP on CPU: embedding tables with at least this many rows all-reduce only the rows some rank
     # touched (train/ddp.py); 0 = every gradient through DDP's dense all-reduce
     ddp_sparse_min_rows: NonNegInt = 4096
+    # Evaluate the final weights on held-out test data in the summary (next-item / retrieval tasks).
+    # `ssmrec tune` turns it off: a search selects on validation only and never reads the test split.
+    evaluate_test: Bool = True
 
 
 class RunHeader(Section):
@@ -257,7 +260,7 @@ def resume_incompatibilities(old: dict, new: dict) -> list[str]:
     optimiser, seed...). Budget and bookkeeping keys (epochs, patience, threads, progress,
     checkpoint_every, eval_batch_size, max_steps_per_epoch) may change."""
     may_change = {"train.epochs", "train.patience", "train.threads", "train.progress", "train.checkpoint_every",
-                  "train.eval_batch_size", "train.max_steps_per_epoch", "out_dir", "name"}
+                  "train.eval_batch_size", "train.max_steps_per_epoch", "train.evaluate_test", "out_dir", "name"}
 
     def flat(d, prefix=""):
         out = {}

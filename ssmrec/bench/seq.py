@@ -70,6 +70,14 @@ def cmd_bench_seq(args) -> int:
     from ssmrec.config import load_config
     from ssmrec.io import check_output_dir
 
+    if args.quality:
+        from ssmrec.bench.seq_quality import cmd_bench_seq_quality
+
+        args.quality_epochs, args.out = args.epochs, args.out or "runs/bench-seq-quality"
+        return cmd_bench_seq_quality(args)
+    args.epochs = 20 if args.epochs is None else args.epochs
+    args.out = args.out or "runs/bench-seq"
+
     dataset, extra = _preset(args.data, args.preset)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
@@ -228,7 +236,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mode", default="config", choices=["config", "all_positions", "prefixes", "both"],
                    help="training mode of the causal models: config (default) = each config's own mode and batch "
                         "size; BERT4Rec always trains with cloze")
-    p.add_argument("--epochs", type=int, default=20, help="epochs at most (early stopping may end sooner)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs at most (early stopping may end sooner); default 20, with --quality each config's own")
     p.add_argument("--prefix-batch-size", type=int, default=2048,
                    help="prefixes per step when --mode sets prefixes (the paper's 2048)")
     p.add_argument("--user-batch-size", type=int, default=256,
@@ -242,6 +251,16 @@ def add_parser(subparsers) -> None:
                         "test metrics are reported under both")
     p.add_argument("--seed", type=int, default=2020, help="train.seed for every run (RecBole's default)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (0 = torch default)")
-    p.add_argument("--out", default="runs/bench-seq", help="output folder")
+    p.add_argument("--out", help="output folder (default runs/bench-seq, with --quality runs/bench-seq-quality)")
+    q = p.add_argument_group("quality table (--quality): rows x seeds from a plan, mean ± std, published anchors")
+    q.add_argument("--quality", action="store_true",
+                   help="train the plan's rows (configs x selection protocol) on several seeds; write quality.json/md/png")
+    q.add_argument("--plan", default="bench/seq_quality", help="plan YAML or built-in name (default bench/seq_quality)")
+    q.add_argument("--datasets", help="comma-separated datasets of the plan (default all)")
+    q.add_argument("--rows", help="comma-separated rows of the plan, named <config stem>-<protocol> (default all)")
+    q.add_argument("--seeds", type=int, help="seeds per row (default the plan's)")
+    q.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
+    q.add_argument("--rerun", action="store_true", help="retrain runs that already finished with the same config")
+    q.add_argument("--dry-run", action="store_true", help="list the runs and whether each is kept or trained")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run")
     p.set_defaults(func=cmd_bench_seq)

@@ -53,7 +53,7 @@ from ssmrec.data.seq import LeaveOneOut, leave_one_out
 from ssmrec.errors import SsmrecError
 from ssmrec.models.incremental import IncrementalModel
 from ssmrec.metrics import exclude_items, rank_metrics, rank_of_target, warn_nonfinite
-from ssmrec.params import STRICT, Bool, NonNegInt, PosInt
+from ssmrec.params import STRICT, Bool, NonNegInt, PosInt, Rate
 from ssmrec.tasks.base import Task
 
 SYNTH_PREFIX = "synth"
@@ -82,6 +82,9 @@ class NextItemDataConfig(BaseModel):
     # (length-bucketed user batches hold 2 to 49 pairs per user, so a plain mean weighs a short
     # history's pairs more). Measured on amazon-beauty it did not train better (README), so "batch".
     loss_normalization: Literal["batch", "pairs"] = "batch"
+    # Label smoothing of the full-catalogue CE (0 = RecBole's plain CE): the target keeps 1 - eps, the
+    # rest is spread over every class. Logged `ce` stays the unsmoothed CE, comparable across runs.
+    label_smoothing: Rate = 0.0
     ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     seed: NonNegInt = 0  # the synthetic world's seed
     # Multimodal items (ours): a parquet with item_id + one list<float> column (e.g. `ssmrec embed`'s
@@ -446,12 +449,16 @@ class NextItemTask(Task):
                              [str(x) for x in raw] if raw is not None else None)
 
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
-        ce_sum = F.cross_entropy(model_out["logits"], model_out["labels"], reduction="sum")
-        ce = ce_sum / max(len(model_out["labels"]), 1)  # the mean, logged: comparable across modes
+        logits, labels = model_out["logits"], model_out["labels"]
+        n = max(len(labels), 1)
+        ce_sum = F.cross_entropy(logits, labels, reduction="sum")
+        ce = ce_sum / n  # the mean, logged: comparable across modes
+        eps = self.cfg.data.label_smoothing
+        loss_sum = ce_sum if eps == 0 else F.cross_entropy(logits, labels, reduction="sum", label_smoothing=eps)
         pairs_mode = self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions"
         if pairs_mode and self._pairs_per_batch:
-            return {"ce": ce, "loss": ce_sum / self._pairs_per_batch}
-        return {"ce": ce, "loss": ce}
+            return {"ce": ce, "loss": loss_sum / self._pairs_per_batch}
+        return {"ce": ce, "loss": loss_sum / n}
 
     def _ranks(self, scores: torch.Tensor, start, end, target: torch.Tensor, protocol: str | None) -> torch.Tensor:
         """Ranks of ``target`` under ``protocol`` (default: the configured one); ``scores`` is modified

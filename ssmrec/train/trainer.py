@@ -141,6 +141,9 @@ class Trainer:
         self.history: list[dict] = []
         self.step_seconds: list[float] = []  # wall time of every training step this process ran
         self.step_hooks: list = []  # callables run after every step (e.g. a profiler's step())
+        # callables ``hook(epoch, record)`` run on rank 0 after each epoch's validation, before its
+        # checkpoint (e.g. `ssmrec tune`'s pruning: raising there ends the run, last.pt stays resumable)
+        self.epoch_hooks: list = []
         self._last_good = None  # (epoch, step) of the newest last.pt written by this run
 
     @property
@@ -376,6 +379,8 @@ class Trainer:
                     st["best"], st["best_epoch"] = value, epoch + 1
                 print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}),
                       flush=True)
+                for hook in self.epoch_hooks:
+                    hook(epoch + 1, record)
             if self.world > 1:
                 dist.broadcast(improved, 0)
             if improved.item():
@@ -415,7 +420,9 @@ class Trainer:
                        "weights": "best" if best_loaded else "last (the monitor never improved)",
                        "epochs": len(self.history), "monitor": f"{self.mode} {self.monitor}"}
             summary.update(_split_metrics(m, "valid"))
-            summary.update(self.task.summary_extras(self.model, self.device))
+            # without a model the task adds only its references (popularity, oracle), no test metrics
+            summary.update(self.task.summary_extras(self.model if self.cfg.train.evaluate_test else None,
+                                                    self.device))
             summary.update({"train_s_per_epoch": float(np.mean(epochs)) if epochs else None,
                             "params": sum(p.numel() for p in self.model.parameters()),
                             "world_size": self.world})

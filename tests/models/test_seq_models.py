@@ -445,3 +445,23 @@ def test_popularity_baseline_ranks_like_a_full_score_matrix():
     got = task.popularity("test")
     for k, v in expect.items():
         assert got[k] == pytest.approx(float(v.mean()))
+
+
+def test_label_smoothing_changes_the_optimised_loss_not_the_logged_ce():
+    """``data.label_smoothing``: the loss is torch's smoothed CE over every class; the logged ``ce``
+    stays the plain CE, so runs with and without smoothing compare on one scale."""
+    import torch.nn.functional as F
+
+    task = _toy_task("prefixes", "mamba4rec")
+    torch.manual_seed(0)
+    net = task.build_model().eval()
+    with torch.no_grad():
+        b = task.train_batch(torch.arange(task.num_train_samples()))
+        out = net(b)
+        plain = task.loss(out, b)
+        task.cfg.data.label_smoothing = 0.2
+        smooth = task.loss(out, b)
+    assert plain["loss"] == plain["ce"]
+    torch.testing.assert_close(smooth["ce"], plain["ce"])
+    torch.testing.assert_close(smooth["loss"], F.cross_entropy(out["logits"], out["labels"], label_smoothing=0.2))
+    assert float(smooth["loss"] - plain["loss"]) > 1e-3

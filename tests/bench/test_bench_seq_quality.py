@@ -1,0 +1,66 @@
+"""`ssmrec bench seq --quality` at toy size: rows x seeds trained, aggregated as mean ± std of the
+runs' own test metrics, resumable, plan errors one line."""
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+PLAN = {"seeds": 2, "datasets": {"synth": {
+    "rows": [{"config": "seq/synth_mamba4rec", "protocol": "masked",
+              "set": {"data.source": "synth-tiny", "model_params.hidden_size": 16}},
+             {"config": "seq/synth_gru4rec", "protocol": "unmasked", "label": "GRU4Rec toy",
+              "set": {"data.source": "synth-tiny"}}],
+    "anchors": [{"name": "a published number", "protocol": "masked", "ndcg@10": 0.5}]}}}
+
+
+def _plan(tmp_path, plan=PLAN):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+@pytest.mark.slow
+def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
+    out, plan = tmp_path / "q", _plan(tmp_path)
+    args = ["bench", "seq", "--quality", "--plan", plan, "--epochs", "2", "--jobs", "2", "--threads", "1", "--out", out]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    q = json.loads((out / "quality.json").read_text())
+    assert len(q["runs"]) == 4 and all(x["status"] == "ok" for x in q["runs"])
+    for row in q["rows"]:
+        name, protocol = row["row"], row["protocol"]
+        summaries = [json.loads((out / "runs" / "synth" / f"{name}-s{i}" / "summary.json").read_text()) for i in (0, 1)]
+        assert {s["protocol"] for s in summaries} == {protocol}  # validation selected under the row's protocol
+        for m in ("hr@10", "ndcg@10", "mrr@20"):
+            vals = [s[f"test_{protocol}_{m}"] for s in summaries]
+            assert row[f"{protocol}_{m}"] == pytest.approx([statistics.fmean(vals), statistics.stdev(vals)])
+        assert row["seeds"] == 2 and row["params"] == summaries[0]["params"]
+        seeds = {yaml.safe_load((out / "runs" / "synth" / f"{name}-s{i}" / "config.yaml").read_text())["train"]["seed"]
+                 for i in (0, 1)}
+        assert len(seeds) == 2  # two seeds, not one run twice
+        for i in (0, 1):
+            assert json.loads((out / "runs" / "synth" / f"{name}-s{i}" / "bench.json").read_text())["peak_rss_mb"] > 50
+    md = (out / "quality.md").read_text()
+    assert "GRU4Rec toy" in md and "a published number" in md and " ± " in md
+    assert (out / "quality.png").stat().st_size > 1000
+    # a rerun keeps the finished runs; a changed config retrains
+    r = run_cli(*args)
+    assert r.returncode == 0 and "4 already finished with the same config, 0 to train" in r.stdout
+    r = run_cli(*args[:-2], "--out", out, "--dry-run", "--set", "train.lr=0.002")
+    assert r.returncode == 0 and "0 already finished with the same config, 4 to train" in r.stdout
+
+
+def test_quality_plan_errors_are_one_line(tmp_path):
+    bad_protocol = {"datasets": {"synth": {"rows": [{"config": "seq/synth_mamba4rec", "protocol": "half"}]}}}
+    bad_config = {"datasets": {"synth": {"rows": [{"config": "seq/nope", "protocol": "masked"}]}}}
+    for plan, needles, extra in [(bad_protocol, ["plan.yaml", "protocol"], []), (bad_config, ["seq/nope"], []),
+                                 (PLAN, ["--rows", "synth_mamba4rec-masked"], ["--rows", "x-masked"]),
+                                 (PLAN, ["--datasets", "synth"], ["--datasets", "beauty"])]:
+        r = run_cli("bench", "seq", "--quality", "--plan", _plan(tmp_path, plan), "--dry-run", "--out", tmp_path / "q", *extra)
+        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+        assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert all(n in lines[0] for n in needles), lines[0]
