@@ -88,7 +88,8 @@ class NextItemDataConfig(BaseModel):
     ks: list[PosInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
     seed: NonNegInt = 0  # the synthetic world's seed
     # Multimodal items (ours): a parquet with item_id + one list<float> column (e.g. `ssmrec embed`'s
-    # item_emb.parquet of MicroLens titles), frozen, projected and added to / replacing the ID embedding.
+    # item_emb.parquet of MicroLens titles), or S3-Rec's *_item2attributes.json[.gz] (multi-hot), frozen,
+    # projected and added to / replacing the ID embedding.
     item_features: str | None = None
     item_feature_mode: Literal["add", "replace"] = "add"
 
@@ -216,9 +217,47 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
     return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P, user_raw, item_raw)
 
 
+def read_item_attributes(path: Path, item_raw: np.ndarray) -> torch.Tensor:
+    """``(n_items, A)`` multi-hot float32 of S3-Rec's ``*_item2attributes.json[.gz]`` (``{"item_id":
+    [attribute_id, ...]}``: Amazon categories / brand as anonymous ids, so there is no text to
+    encode), aligned with the task's item index; row 0 and items without attributes: zeros."""
+    import gzip
+    import json
+
+    from ssmrec.errors import DataError
+
+    try:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"cannot read item attributes JSON ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(a, int) and a >= 0 for a in v)
+                                            for v in raw.values()):
+        raise DataError(path, 'expected {"item_id": [attribute_id >= 0, ...], ...}')
+    keys = np.array(list(raw.keys()), dtype=str)
+    lens = np.array([len(v) for v in raw.values()], dtype=np.int64)
+    attrs = np.fromiter((a for v in raw.values() for a in v), dtype=np.int64, count=int(lens.sum()))
+    width = int(attrs.max()) + 1 if len(attrs) else 1
+    order = np.argsort(keys)
+    raw_ids = np.asarray(item_raw).astype(str)
+    pos = np.clip(np.searchsorted(keys[order], raw_ids), 0, max(len(keys) - 1, 0))
+    found = (keys[order][pos] == raw_ids) if len(keys) else np.zeros(len(raw_ids), bool)
+    found[0] = False  # the padding row stays zero
+    if not found.any():
+        raise DataError(path, "no item id matches an item of the dataset")
+    out = np.zeros((len(raw_ids), width), dtype=np.float32)
+    row_of_key = np.full(len(keys), -1)
+    row_of_key[order[pos[found]]] = np.nonzero(found)[0]
+    rows = np.repeat(row_of_key, lens)
+    keep = rows >= 0
+    out[rows[keep], attrs[keep]] = 1.0
+    return torch.from_numpy(out)
+
+
 def read_item_features(path, item_raw: np.ndarray) -> torch.Tensor:
     """``(n_items, F)`` float32 aligned with the task's item index (row 0 and items without a vector:
-    zeros) from a parquet holding ``item_id`` and exactly one list<float> column."""
+    zeros) from a parquet holding ``item_id`` and exactly one list<float> column, or multi-hot from
+    an S3-Rec ``*_item2attributes.json[.gz]`` (:func:`read_item_attributes`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -227,6 +266,8 @@ def read_item_features(path, item_raw: np.ndarray) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "item features file not found (data.item_features)")
+    if path.name.endswith((".json", ".json.gz")):
+        return read_item_attributes(path, item_raw)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:

@@ -465,3 +465,28 @@ def test_label_smoothing_changes_the_optimised_loss_not_the_logged_ce():
     torch.testing.assert_close(smooth["ce"], plain["ce"])
     torch.testing.assert_close(smooth["loss"], F.cross_entropy(out["logits"], out["labels"], label_smoothing=0.2))
     assert float(smooth["loss"] - plain["loss"]) > 1e-3
+
+
+def test_s3rec_item_attributes_become_multi_hot_item_features(tmp_path):
+    """``data.item_features`` may name S3-Rec's ``*_item2attributes.json[.gz]``: one multi-hot row per
+    item of the task's index (matched by original id; unknown ids ignored; padding and items without
+    attributes zero); malformed files are one DataError line."""
+    import gzip
+    import json
+
+    from ssmrec.errors import DataError
+    from ssmrec.tasks.next_item import read_item_features
+
+    item_raw = np.array(["[PAD]", "10", "20", "30"])
+    path = tmp_path / "X_item2attributes.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"20": [0, 2], "10": [1], "99": [3]}, f)
+    got = read_item_features(path, item_raw)
+    assert got.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    for bad in ('{"10": ["a"]}', '[1, 2]', '{"10": [1'):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(DataError, match="bad.json"):
+            read_item_features(tmp_path / "bad.json", item_raw)
+    (tmp_path / "none.json").write_text('{"77": [1]}')
+    with pytest.raises(DataError, match="no item id matches"):
+        read_item_features(tmp_path / "none.json", item_raw)
