@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ssmrec.errors import ConfigError, SsmrecError
-from ssmrec.params import STRICT, NonNegInt, PosInt, validation_error_line
+from ssmrec.params import STRICT, NonNegInt, validation_error_line
 
 
 class ParamSpec(BaseModel):
