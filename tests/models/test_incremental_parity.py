@@ -24,13 +24,17 @@ from ssmrec.serve.untrained import spread_weights
 from ssmrec.tasks.next_item import SeqBatch
 
 WINDOW = 8
+ITEM_FEATURES = "_item_features"  # not a model parameter: the task attaches data.item_features (mode)
 N_SEQ_ITEMS = 40
 # config switches that change the served state, beyond each registered model's defaults
 VARIANTS = {
     ("ctr", "mambactr"): [{}, {"variant": "paper"}, {"stage1": "mamba1", "stage1_layers": 2},
                           {"stage1": "transformer", "stage1_layers": 2}],
     ("next_item", "mamba4rec"): [{}, {"num_layers": 2, "position_embedding": True, "max_len": 6},
-                                 {"block": "mamba2", "headdim": 16}],
+                                 {"block": "mamba2", "headdim": 16},
+                                 # frozen item vectors (text embeddings, attribute multi-hots) added to the IDs
+                                 {"num_layers": 2, ITEM_FEATURES: "add"}, {ITEM_FEATURES: "replace"}],
+    ("next_item", "sasrec"): [{}, {ITEM_FEATURES: "add"}],
 }
 
 
@@ -53,7 +57,11 @@ def _build(task, name, params, tiny_data):
         model = spec.cls(spec.config(params), info.tags, info.emb, info.n_tags)
         std = 0.06
     else:
+        params = dict(params)
+        features = params.pop(ITEM_FEATURES, None)
         model = spec.cls(spec.config({**params, "dropout": 0.0}), N_SEQ_ITEMS)
+        if features:
+            model.attach_item_features((torch.rand(N_SEQ_ITEMS, 6) < 0.3).float(), features)
         std = 0.3
     model.set_serving_window(WINDOW - 1 if getattr(model, "cloze", False) else WINDOW)
     return spread_weights(model, std).eval()
