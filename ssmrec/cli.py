@@ -1,4 +1,4 @@
-"""Command-line interface: `ssmrec data synth|check`, `train`, `evaluate`, `predict`, `demo`, `embed`, `bench ...`.
+"""Command-line interface: `ssmrec data synth|check`, `train`, `tune`, `evaluate`, `predict`, `demo`, `embed`, `bench ...`.
 
 Every user-input error (SsmrecError) is printed as one line on stderr, exit code 2, no traceback.
 """
