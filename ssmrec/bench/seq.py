@@ -262,5 +262,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     q.add_argument("--rerun", action="store_true", help="retrain runs that already finished with the same config")
     q.add_argument("--dry-run", action="store_true", help="list the runs and whether each is kept or trained")
+    q.add_argument("--report-only", action="store_true",
+                   help="write the tables from the runs that have finished; train nothing (the rest listed as not trained)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every run")
     p.set_defaults(func=cmd_bench_seq)

@@ -276,7 +276,11 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
         lines += [markdown_table(["row", "selected on", "seeds", *(m.upper().replace("@", "@") for m in METRICS),
                                   "other protocol HR@10 / NDCG@10", "best / epochs (mean)", "train s/epoch (median)",
                                   "train s per run (mean)", "peak RSS MB", "params"], table), ""]
-    failed = [r for r in records if r["status"] != "ok"]
+    missing = [r for r in records if r["status"] == "missing"]
+    if missing:
+        lines += ["Not trained yet (`--report-only`): " + ", ".join(f"{r['dataset']} {r['row']} seed {r['seed']}"
+                                                                 for r in missing), ""]
+    failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["**Failed:** " + "; ".join(f"{r['dataset']} {r['row']} seed {r['seed']}: {r['error']}" for r in failed), ""]
     write_text_atomic(out / "quality.md", "\n".join(lines))
@@ -319,19 +323,25 @@ def cmd_bench_seq_quality(args) -> int:
     todo = [r for r in runs if args.rerun or not _same_run(r)]
     print(f"[bench seq --quality] {len(runs)} runs planned, {len(runs) - len(todo)} already finished with the same "
           f"config, {len(todo)} to train ({args.jobs} at a time)", flush=True)
-    if args.dry_run:
+    if args.dry_run and not args.report_only:
         for r in runs:
             print(f"  {'train' if r in todo else 'keep '} {r['dataset']} {r['run_dir'].name}: {r['config']} "
                   + " ".join(s for s in r["sets"] if not s.startswith(("out_dir=", "name="))))
         return 0
+    if args.report_only:  # tables of what has finished; nothing trains
+        todo = []
     _execute(todo, args.jobs)
     records = [_collect(r) for r in runs]
+    if args.report_only:
+        for rec in records:
+            if rec["status"] == "failed":
+                rec.update(status="missing", error="not trained (--report-only)")
     rows = aggregate(plan, records)
     meta = {"plan": str(plan_path), "seeds": plan.seeds, "jobs": args.jobs, "threads": args.threads,
             "epochs": args.quality_epochs, "set": list(args.set or []), "machine": machine_info()}
     write_report(out, plan, plan_path, records, rows, meta)
     print((out / "quality.md").read_text())
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = [r for r in records if r["status"] == "failed"]
     if failed:
         raise SsmrecError(f"{len(failed)} of {len(records)} runs failed: {failed[0]['dataset']} {failed[0]['row']} "
                           f"seed {failed[0]['seed']}: {failed[0]['error']}")

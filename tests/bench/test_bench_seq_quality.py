@@ -52,6 +52,13 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
     assert r.returncode == 0 and "4 already finished with the same config, 0 to train" in r.stdout
     r = run_cli(*args[:-2], "--out", out, "--dry-run", "--set", "train.lr=0.002")
     assert r.returncode == 0 and "0 already finished with the same config, 4 to train" in r.stdout
+    # --report-only: one more seed planned, nothing trains, the table keeps the 2 finished seeds
+    r = run_cli(*args, "--seeds", "3", "--report-only")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / "runs" / "synth" / "synth_gru4rec-unmasked-s2").exists()
+    q = json.loads((out / "quality.json").read_text())
+    assert [row["seeds"] for row in q["rows"]] == [2, 2]
+    assert "Not trained yet" in (out / "quality.md").read_text()
 
 
 def test_quality_plan_errors_are_one_line(tmp_path):
