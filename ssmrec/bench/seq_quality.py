@@ -16,8 +16,9 @@ of seeds, and the published anchors to print beside them::
 Every (row, seed) is one ``ssmrec train`` in its own process (peak RSS from ``os.wait4``), ``--jobs``
 at a time with ``--threads`` each, in ``OUT/runs/<dataset>/<row>-s<seed>``. A run whose
 ``summary.json`` exists and whose saved config equals the one the plan asks for is kept, not
-retrained: the bench resumes, and a run trained by hand with exactly that config counts (its RSS is
-then unknown). Validation selects the epoch (early stopping on the row's protocol); the test split is
+retrained, and a run of that config interrupted mid-way continues from its ``last.pt`` (``ssmrec
+train --resume``, from its last finished epoch): the bench resumes, and a run trained by hand with
+exactly that config counts (its RSS is then unknown; a resumed run's RSS is that of its last part). Validation selects the epoch (early stopping on the row's protocol); the test split is
 read once per run, at its end. Reported per row: test HR / NDCG / MRR @10 and @20 under the
 selection protocol as mean ± sample std over the seeds, NDCG@10 / HR@10 under the other protocol
 (same weights), epochs to best / run, train s per epoch (median over the runs' epochs), total train
@@ -149,15 +150,26 @@ def plan_runs(plan: Plan, out: Path, datasets: list[str] | None, seeds: int | No
     return runs
 
 
-def _same_run(run: dict) -> bool:
-    """Has ``run_dir`` a finished run of exactly this config (budget keys aside)?"""
+def _saved_matches(run: dict) -> bool:
+    """Does ``run_dir/config.yaml`` hold exactly this run's config (budget keys aside)?"""
     from ssmrec.config import resume_incompatibilities
 
-    d = run["run_dir"]
-    if not (d / "summary.json").is_file() or not (d / "config.yaml").is_file():
+    path = run["run_dir"] / "config.yaml"
+    if not path.is_file():
         return False
-    saved = yaml.safe_load((d / "config.yaml").read_text())
+    saved = yaml.safe_load(path.read_text())
     return not resume_incompatibilities(saved, run["resolved"]) and saved["train"]["epochs"] == run["resolved"]["train"]["epochs"]
+
+
+def _same_run(run: dict) -> bool:
+    """Has ``run_dir`` a finished run of exactly this config?"""
+    return (run["run_dir"] / "summary.json").is_file() and _saved_matches(run)
+
+
+def _resumable(run: dict) -> bool:
+    """An interrupted run of exactly this config, with a last.pt to continue from."""
+    return (run["run_dir"] / "last.pt").is_file() and not (run["run_dir"] / "summary.json").is_file() \
+        and _saved_matches(run)
 
 
 def _execute(todo: list[dict], jobs: int) -> None:
@@ -169,13 +181,17 @@ def _execute(todo: list[dict], jobs: int) -> None:
         while pending and len(running) < jobs:
             run = pending.pop(0)
             run["run_dir"].parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "ssmrec.cli", "train", "--config", run["config"], "--overwrite"]
+            # an interrupted run of the same config continues from its last.pt (epoch boundary)
+            resume = run.get("resume", False)
+            cmd = [sys.executable, "-m", "ssmrec.cli", "train", "--config", run["config"],
+                   "--resume" if resume else "--overwrite"]
             for s in run["sets"]:
                 cmd += ["--set", s]
-            log = open(run["run_dir"].parent / f"{run['run_dir'].name}.log", "w")
+            log = open(run["run_dir"].parent / f"{run['run_dir'].name}.log", "a" if resume else "w")
             p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             running[p.pid] = (run, time.perf_counter(), log)
-            print(f"[bench seq --quality] start {run['dataset']} {run['run_dir'].name}", flush=True)
+            print(f"[bench seq --quality] {'resume' if resume else 'start'} {run['dataset']} {run['run_dir'].name}",
+                  flush=True)
         pid, status, usage = os.wait4(-1, 0)
         if pid not in running:
             continue
@@ -321,11 +337,13 @@ def cmd_bench_seq_quality(args) -> int:
     out = check_output_dir(args.out, "bench output")
     runs = plan_runs(plan, out, None, None, args.quality_epochs, args.threads, list(args.set or []))
     todo = [r for r in runs if args.rerun or not _same_run(r)]
+    for r in todo:
+        r["resume"] = not args.rerun and _resumable(r)
     print(f"[bench seq --quality] {len(runs)} runs planned, {len(runs) - len(todo)} already finished with the same "
           f"config, {len(todo)} to train ({args.jobs} at a time)", flush=True)
     if args.dry_run and not args.report_only:
         for r in runs:
-            print(f"  {'train' if r in todo else 'keep '} {r['dataset']} {r['run_dir'].name}: {r['config']} "
+            print(f"  {('resume' if r['resume'] else 'train ') if r in todo else 'keep  '} {r['dataset']} {r['run_dir'].name}: {r['config']} "
                   + " ".join(s for s in r["sets"] if not s.startswith(("out_dir=", "name="))))
         return 0
     if args.report_only:  # tables of what has finished; nothing trains

@@ -59,6 +59,14 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
     q = json.loads((out / "quality.json").read_text())
     assert [row["seeds"] for row in q["rows"]] == [2, 2]
     assert "Not trained yet" in (out / "quality.md").read_text()
+    # an interrupted run (last.pt, no summary) continues with --resume instead of starting over
+    run0 = out / "runs" / "synth" / "synth_mamba4rec-masked-s0"
+    before = json.loads((run0 / "summary.json").read_text())
+    (run0 / "summary.json").unlink()
+    r = run_cli(*args)
+    assert r.returncode == 0 and "resume synth synth_mamba4rec-masked-s0" in r.stdout, r.stdout[-2000:]
+    after = json.loads((run0 / "summary.json").read_text())
+    assert after["test_masked_ndcg@10"] == before["test_masked_ndcg@10"] and after["epochs"] == before["epochs"]
 
 
 def test_quality_plan_errors_are_one_line(tmp_path):
