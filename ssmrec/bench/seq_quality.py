@@ -176,7 +176,7 @@ def _execute(todo: list[dict], jobs: int) -> None:
     """Train ``todo`` with at most ``jobs`` processes at once; each run's exit code and peak RSS
     (``os.wait4``, that process alone) go to ``run_dir/bench.json``."""
     pending = list(todo)
-    running: dict[int, tuple[dict, float, object]] = {}
+    running: dict[int, tuple] = {}
     while pending or running:
         while pending and len(running) < jobs:
             run = pending.pop(0)
@@ -189,15 +189,18 @@ def _execute(todo: list[dict], jobs: int) -> None:
                 cmd += ["--set", s]
             log = open(run["run_dir"].parent / f"{run['run_dir'].name}.log", "a" if resume else "w")
             p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            running[p.pid] = (run, time.perf_counter(), log)
+            # keep the Popen referenced: a collected, still-running Popen is reaped by subprocess's own
+            # cleanup at the next Popen, and os.wait4 below would never see it
+            running[p.pid] = (run, time.perf_counter(), log, p)
             print(f"[bench seq --quality] {'resume' if resume else 'start'} {run['dataset']} {run['run_dir'].name}",
                   flush=True)
         pid, status, usage = os.wait4(-1, 0)
         if pid not in running:
             continue
-        run, t0, log = running.pop(pid)
+        run, t0, log, proc = running.pop(pid)
         log.close()
         code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code  # reaped here: Popen must not wait for it again
         info = {"exit_code": code, "peak_rss_mb": usage.ru_maxrss / 1024.0, "wall_s": time.perf_counter() - t0}
         if run["run_dir"].is_dir():
             write_json_atomic(run["run_dir"] / "bench.json", info)
