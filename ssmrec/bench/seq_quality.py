@@ -229,8 +229,9 @@ def _collect(run: dict) -> dict:
     return rec
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """(mean, sample std); the std is None for a single value (one seed has no spread to report)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def aggregate(plan: Plan, records: list[dict]) -> list[dict]:
@@ -262,7 +263,7 @@ def _pm(v, spec=".4f") -> str:
     if v is None:
         return "n/a"
     m, s = v
-    return f"{m:{spec}} ± {s:{spec}}"
+    return f"{m:{spec}}" if s is None else f"{m:{spec}} ± {s:{spec}}"
 
 
 def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], rows: list[dict], meta: dict) -> None:
@@ -311,7 +312,7 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
     for ax, dataset in zip(axes[0], shown):
         for r in (r for r in rows if r["dataset"] == dataset):
             m, s = r[f"{r['protocol']}_ndcg@10"]
-            ax.errorbar(r["train_s"][0], m, yerr=s, fmt="o" if r["protocol"] == "masked" else "s", capsize=3,
+            ax.errorbar(r["train_s"][0], m, yerr=s or 0.0, fmt="o" if r["protocol"] == "masked" else "s", capsize=3,
                         label=f"{r['label']} ({r['protocol']})")
         for i, a in enumerate(plan.datasets[dataset].anchors):
             if a.ndcg10 is not None:

@@ -79,3 +79,16 @@ def test_quality_plan_errors_are_one_line(tmp_path):
         lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
         assert r.returncode != 0 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert all(n in lines[0] for n in needles), lines[0]
+
+
+def test_one_seed_has_no_std_and_two_have_the_sample_std():
+    from ssmrec.bench.seq_quality import Plan, _pm, aggregate
+
+    plan = Plan.model_validate({"seeds": 2, "datasets": {"d": {"rows": [{"config": "seq/x", "protocol": "masked"}]}}})
+    rec = {"dataset": "d", "row": "x-masked", "status": "ok", "params": 10, "best_epoch": 3, "epochs": 5,
+           "epoch_s": [1.0, 2.0], "peak_rss_mb": None, "masked_ndcg@10": 0.1}
+    one = aggregate(plan, [rec])[0]
+    assert one["masked_ndcg@10"] == (0.1, None) and _pm(one["masked_ndcg@10"]) == "0.1000"
+    two = aggregate(plan, [rec, {**rec, "seed": 1, "masked_ndcg@10": 0.2}])[0]
+    assert two["masked_ndcg@10"] == pytest.approx((0.15, statistics.stdev([0.1, 0.2])))
+    assert _pm(two["masked_ndcg@10"]) == "0.1500 ± 0.0707" and two["seeds"] == 2
