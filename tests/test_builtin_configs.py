@@ -32,7 +32,7 @@ def test_the_seq_quality_plan_resolves_every_row(tmp_path):
     from ssmrec.bench.seq_quality import load_plan, plan_runs
 
     plan, _ = load_plan("bench/seq_quality")
-    runs = plan_runs(plan, tmp_path, None, None, None, 1, [])
+    runs = plan_runs(plan, tmp_path, None, 1, [])
     assert len(runs) == plan.seeds * sum(len(d.rows) for d in plan.datasets.values())
     assert {r["resolved"]["data"]["protocol"] for r in runs} == {"masked", "unmasked"}
     assert len({r["run_dir"] for r in runs}) == len(runs)  # no two runs share a folder

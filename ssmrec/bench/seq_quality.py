@@ -120,22 +120,17 @@ def select(plan: Plan, datasets: list[str] | None, rows: list[str] | None) -> Pl
     return plan.model_copy(update={"datasets": picked})
 
 
-def plan_runs(plan: Plan, out: Path, datasets: list[str] | None, seeds: int | None, epochs: int | None,
-              threads: int, extra: list[str]) -> list[dict]:
-    """Every (dataset, row, seed) as ``{dataset, row, seed, config, sets, run_dir, resolved}``; every
-    config is validated before anything trains."""
+def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: list[str]) -> list[dict]:
+    """Every (dataset, row, seed) of ``plan`` (restricted beforehand by :func:`select`) as ``{dataset,
+    row, seed, config, sets, run_dir, resolved}``; every config is validated before anything trains."""
     from ssmrec.config import load_config
 
-    names = datasets or list(plan.datasets)
-    unknown = [d for d in names if d not in plan.datasets]
-    if unknown:
-        raise SsmrecError(f"--datasets: '{unknown[0]}' is not in the plan (choose from {', '.join(plan.datasets)})")
     runs = []
-    for dataset in names:
+    for dataset in plan.datasets:
         for row in plan.datasets[dataset].rows:
             sets = _overrides(row) + [f"data.protocol={row.protocol}"] + list(extra)
             base_seed = load_config(row.config, sets).train.seed
-            for i in range(seeds or plan.seeds):
+            for i in range(plan.seeds):
                 run_name = f"{row.name()}-s{i}"
                 run_sets = sets + [f"train.seed={base_seed + i}", f"out_dir={out / 'runs' / dataset}",
                                    f"name={run_name}", "train.progress=false"]
@@ -339,7 +334,7 @@ def cmd_bench_seq_quality(args) -> int:
     if args.seeds:
         plan = plan.model_copy(update={"seeds": args.seeds})
     out = check_output_dir(args.out, "bench output")
-    runs = plan_runs(plan, out, None, None, args.quality_epochs, args.threads, list(args.set or []))
+    runs = plan_runs(plan, out, args.quality_epochs, args.threads, list(args.set or []))
     todo = [r for r in runs if args.rerun or not _same_run(r)]
     for r in todo:
         r["resume"] = not args.rerun and _resumable(r)

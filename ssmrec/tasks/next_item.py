@@ -217,6 +217,20 @@ def load_split_data(cfg: NextItemDataConfig) -> SeqSplitData:
     return SeqSplitData(name, int(n_items), offsets.astype(np.int64), items.astype(np.int64), P, user_raw, item_raw)
 
 
+def _match_items(ids: np.ndarray, item_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every item of the task's index (``item_raw``, row 0 = padding): the row of ``ids`` holding
+    its original id and whether there is one ``(rows, found)``; the padding row is never found."""
+    ids = np.asarray(ids).astype(str)
+    raw = np.asarray(item_raw).astype(str)
+    if len(ids) == 0:
+        return np.zeros(len(raw), dtype=np.int64), np.zeros(len(raw), dtype=bool)
+    order = np.argsort(ids)
+    rows = order[np.clip(np.searchsorted(ids[order], raw), 0, len(ids) - 1)]
+    found = ids[rows] == raw
+    found[0] = False
+    return rows, found
+
+
 def read_item_attributes(path: Path, item_raw: np.ndarray) -> torch.Tensor:
     """``(n_items, A)`` multi-hot float32 of S3-Rec's ``*_item2attributes.json[.gz]`` (``{"item_id":
     [attribute_id, ...]}``: Amazon categories / brand as anonymous ids, so there is no text to
@@ -238,19 +252,16 @@ def read_item_attributes(path: Path, item_raw: np.ndarray) -> torch.Tensor:
     lens = np.array([len(v) for v in raw.values()], dtype=np.int64)
     attrs = np.fromiter((a for v in raw.values() for a in v), dtype=np.int64, count=int(lens.sum()))
     width = int(attrs.max()) + 1 if len(attrs) else 1
-    order = np.argsort(keys)
-    raw_ids = np.asarray(item_raw).astype(str)
-    pos = np.clip(np.searchsorted(keys[order], raw_ids), 0, max(len(keys) - 1, 0))
-    found = (keys[order][pos] == raw_ids) if len(keys) else np.zeros(len(raw_ids), bool)
-    found[0] = False  # the padding row stays zero
+    rows, found = _match_items(keys, item_raw)
     if not found.any():
         raise DataError(path, "no item id matches an item of the dataset")
-    out = np.zeros((len(raw_ids), width), dtype=np.float32)
-    row_of_key = np.full(len(keys), -1)
-    row_of_key[order[pos[found]]] = np.nonzero(found)[0]
-    rows = np.repeat(row_of_key, lens)
-    keep = rows >= 0
-    out[rows[keep], attrs[keep]] = 1.0
+    # per key: its item's row in the task's index (-1: not an item of the dataset)
+    item_of_key = np.full(len(keys), -1)
+    item_of_key[rows[found]] = np.nonzero(found)[0]
+    item = np.repeat(item_of_key, lens)
+    keep = item >= 0
+    out = np.zeros((len(item_raw), width), dtype=np.float32)
+    out[item[keep], attrs[keep]] = 1.0
     return torch.from_numpy(out)
 
 
@@ -283,14 +294,8 @@ def read_item_features(path, item_raw: np.ndarray) -> torch.Tensor:
     if col.null_count or len(set(lens.tolist())) != 1:
         raise DataError(path, "vectors must all be non-null and of one width", column=vec_cols[0])
     vecs = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
-    ids = np.asarray(table["item_id"].to_numpy(zero_copy_only=False)).astype(str)
-    order = np.argsort(ids)
-    raw = np.asarray(item_raw).astype(str)
-    pos = np.clip(np.searchsorted(ids[order], raw), 0, len(ids) - 1)
-    rows = order[pos]
+    rows, found = _match_items(table["item_id"].to_numpy(zero_copy_only=False), item_raw)
     out = np.zeros((len(item_raw), vecs.shape[1]), dtype=np.float32)
-    found = ids[rows] == raw
-    found[0] = False  # the padding row stays zero
     out[found] = vecs[rows[found]]
     if found.sum() == 0:
         raise DataError(path, "no item_id matches an item of the dataset", column="item_id")
@@ -492,10 +497,13 @@ class NextItemTask(Task):
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         logits, labels = model_out["logits"], model_out["labels"]
         n = max(len(labels), 1)
-        ce_sum = F.cross_entropy(logits, labels, reduction="sum")
+        logp = F.log_softmax(logits, dim=-1)
+        ce_sum = F.nll_loss(logp, labels, reduction="sum")  # = F.cross_entropy, one softmax for both losses
         ce = ce_sum / n  # the mean, logged: comparable across modes
         eps = self.cfg.data.label_smoothing
-        loss_sum = ce_sum if eps == 0 else F.cross_entropy(logits, labels, reduction="sum", label_smoothing=eps)
+        loss_sum = ce_sum
+        if eps > 0:  # torch's smoothed CE: (1 - eps) CE + eps mean_c(-log p_c)
+            loss_sum = (1 - eps) * ce_sum - eps * logp.mean(-1).sum()
         pairs_mode = self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions"
         if pairs_mode and self._pairs_per_batch:
             return {"ce": ce, "loss": loss_sum / self._pairs_per_batch}
