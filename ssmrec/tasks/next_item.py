@@ -442,12 +442,20 @@ class NextItemTask(Task):
         width = int(n.max())
         return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n), torch.from_numpy(items[ends[i]]))
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[SeqBatch]:
+    def eval_batches(self, split: str, batch_size: int, order: np.ndarray | None = None) -> Iterator[SeqBatch]:
+        """Batches of the ``split``'s users (with their targets), in ``order`` (default: user order)."""
         start, end, target = self.data.bounds(split)
         cloze = self.cfg.data.train_mode == "cloze"
-        for a in range(0, len(start), batch_size):
-            sl = slice(a, a + batch_size)
-            yield self.history_batch(start[sl], end[sl], cloze, torch.from_numpy(self.data.items[target[sl]]))
+        order = np.arange(len(start)) if order is None else order
+        for a in range(0, len(order), batch_size):
+            i = order[a:a + batch_size]
+            yield self.history_batch(start[i], end[i], cloze, torch.from_numpy(self.data.items[target[i]]))
+
+    def by_history_length(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """User order shortest history first. A batch is padded to its longest history, so batches of
+        mixed lengths spend most of the scan and the FFN on padding (Beauty: 8.9 items on average, padded
+        to 50); a row's output does not depend on the padding to its right."""
+        return np.argsort(np.minimum(end - start, self._L), kind="stable")
 
     def history_batch(self, start, end, cloze: bool, target=None) -> SeqBatch:
         """Right-padded histories ``items[start:end]``; for Cloze models the newest ``max_len - 1``
@@ -526,12 +534,13 @@ class NextItemTask(Task):
         sums: dict[str, float] = {}
         n, bad, t0 = 0, 0, time.perf_counter()
         start, end, _ = self.data.bounds(split)
-        for a, batch in zip(range(0, len(start), batch_size), self.eval_batches(split, batch_size)):
+        order = self.by_history_length(start, end)  # metrics are sums: the order is free
+        for a, batch in zip(range(0, len(start), batch_size), self.eval_batches(split, batch_size, order)):
             batch = batch.to(device)
-            sl = slice(a, a + len(batch))
+            i = order[a:a + len(batch)]
             scores = model(batch.replace(target=None))["logits"]
             bad += int((~torch.isfinite(scores.gather(1, batch.target.view(-1, 1)))).sum())
-            for k, v in rank_metrics(self._ranks(scores, start[sl], end[sl], batch.target, protocol), ks).items():
+            for k, v in rank_metrics(self._ranks(scores, start[i], end[i], batch.target, protocol), ks).items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
             n += len(batch)
         warn_nonfinite(bad, n, f"{split} users")
@@ -610,16 +619,16 @@ class NextItemTask(Task):
         d = self.data
         start, end = d.offsets[:-1], d.offsets[1:]
         k = min(k, d.n_items - 1)
-        top_i, top_s = [], []
+        top_i = np.zeros((d.n_users, k), dtype=np.int64)
+        top_s = np.zeros((d.n_users, k), dtype=np.float32)
+        order = self.by_history_length(start, end)
         for a in range(0, d.n_users, batch_size):
-            sl = slice(a, a + batch_size)
-            batch = self.history_batch(start[sl], end[sl], self.cfg.data.train_mode == "cloze").to(device)
+            u = order[a:a + batch_size]
+            batch = self.history_batch(start[u], end[u], self.cfg.data.train_mode == "cloze").to(device)
             scores = model(batch)["logits"][:, :d.n_items]
             scores[:, 0] = float("-inf")
             if exclude_seen:
-                self.exclude_history(scores, start[sl], end[sl])
+                self.exclude_history(scores, start[u], end[u])
             s, i = scores.topk(k, dim=1)
-            top_i.append(i.cpu().numpy())
-            top_s.append(s.cpu().numpy())
-        items = np.concatenate(top_i)
-        return d.user_raw, d.item_raw[items], np.concatenate(top_s)
+            top_i[u], top_s[u] = i.cpu().numpy(), s.float().cpu().numpy()
+        return d.user_raw, d.item_raw[top_i], top_s

@@ -490,3 +490,39 @@ def test_s3rec_item_attributes_become_multi_hot_item_features(tmp_path):
     (tmp_path / "none.json").write_text('{"77": [1]}')
     with pytest.raises(DataError, match="no item id matches"):
         read_item_features(tmp_path / "none.json", item_raw)
+
+
+@pytest.mark.parametrize("model", CAUSAL + ["bert4rec"])
+def test_length_ordered_evaluation_equals_padding_free_evaluation(model):
+    """evaluate / recommend batch users shortest history first (less padding); every user must still be
+    scored on its own history and target: batch size 1 (no padding at all) is the reference. The task
+    has histories of 1 to 22 items, in an order that is not by length."""
+    lens = [12, 3, 25, 5, 18, 4, 9, 24, 6, 14, 3, 20]
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    rng = np.random.default_rng(0)
+    items = rng.integers(1, 30, offsets[-1])
+    task = NextItemTask(_cfg(model, max_len=16), SeqSplitData("mixed", 30, offsets, items,
+                                                            user_raw=np.arange(len(lens)).astype(str),
+                                                            item_raw=np.arange(30).astype(str)))
+    task.setup()
+    start, end, _ = task.data.bounds("test")
+    order = task.by_history_length(start, end)
+    assert order.tolist() != list(range(len(lens)))  # the ordering is exercised
+    torch.manual_seed(0)
+    net = task.build_model().eval()
+    target = torch.from_numpy(task.data.items[task.data.bounds("test")[2]])
+    for protocol in ("unmasked", "masked"):
+        ranks = []  # the reference: each user alone, in user order
+        for u in range(len(lens)):
+            b = task.history_batch(start[u:u + 1], end[u:u + 1], model == "bert4rec")
+            with torch.no_grad():
+                scores = net(b)["logits"]
+            ranks.append(task._ranks(scores, start[u:u + 1], end[u:u + 1], target[u:u + 1], protocol))
+        ref = {k: float(v.mean()) for k, v in rank_metrics(torch.cat(ranks), [10, 20]).items()}
+        got = task.evaluate(net, "test", 5, protocol=protocol)
+        for k in ("hr@10", "ndcg@10", "mrr@20"):
+            assert got[k] == pytest.approx(ref[k], abs=1e-9), (protocol, k)
+    u1, i1, s1 = task.recommend(net, k=5, batch_size=1)
+    u5, i5, s5 = task.recommend(net, k=5, batch_size=5)
+    assert (i1 == i5).all()
+    np.testing.assert_allclose(s1, s5, rtol=1e-5, atol=1e-5)
