@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 import torch.nn.functional as F
 
-from ssmrec.nn.layers import MLP, masked_softmax
+from ssmrec.nn.layers import MLP, Dropout, masked_softmax
 
 
 class DINAttention(nn.Module):
@@ -103,7 +103,7 @@ class TargetAttention(nn.Module):
         self.k_proj = nn.Linear(d_key, d_att, bias=bias)
         self.v_proj = nn.Linear(d_key, d_att, bias=bias)
         self.out_proj = nn.Linear(d_att, d_out, bias=False) if d_out is not None else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def project_kv(self, seq):
         return self.k_proj(seq), self.v_proj(seq)
@@ -170,6 +170,8 @@ class MaskedTransformerEncoder(nn.TransformerEncoder):
         layer = nn.TransformerEncoderLayer(d_model, num_heads, dim_feedforward, dropout, activation=activation,
                                            layer_norm_eps=layer_norm_eps, batch_first=True)
         super().__init__(layer, num_layers, enable_nested_tensor=False)
+        for lay in self.layers:  # the layers' own dropouts (not the attention weights': inside MHA)
+            lay.dropout, lay.dropout1, lay.dropout2 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
         self.inverted_padding_mask = inverted_padding_mask
         self.causal = causal
 

@@ -27,6 +27,27 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tens
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1e-12)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout, same distribution as ``F.dropout``. On CPU the keep mask comes from 32-bit
+    random integers compared to ``p * 2^31`` (P(keep) = 1 - p up to 2^-31): torch's CPU Bernoulli
+    sampler costs ~3x more, and with dropout 0.5 on every sequence layer it was 15-25 % of a
+    Mamba4Rec / SASRec training step. Other devices use ``F.dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    bits = torch.empty(x.shape, dtype=torch.int32).random_()  # uniform on [0, 2^31)
+    keep = (bits >= int(p * 2 ** 31)).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same state dict, same ``p``) drawing its mask with :func:`dropout`."""
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+
 ACTIVATIONS = ("relu", "gelu", "prelu", "silu", "tanh", "dice")
 
 
@@ -67,7 +88,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(h))
             layers.append(activation(act, h))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             d = h
         if d_out is not None:
             layers.append(nn.Linear(d, d_out))
@@ -92,7 +113,7 @@ class QuadraticNet(nn.Module):
         self.proj = nn.ModuleList(nn.Linear(dim, dim * num_row) for _ in range(num_layers))
         self.norm = nn.ModuleList(nn.BatchNorm1d(dim) if batch_norm else nn.Identity() for _ in range(num_layers))
         self.act = nn.ModuleList(activation(act) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         for i, (proj, norm, act) in enumerate(zip(self.proj, self.norm, self.act)):
@@ -135,7 +156,7 @@ class ResidualGELUHead(nn.Module):
     def __init__(self, dim, num_blocks=2, dropout=0.2):
         super().__init__()
         self.blocks = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_blocks))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         for lin in self.blocks:
@@ -206,7 +227,7 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         self.w1, self.w2 = nn.Linear(d_model, inner), nn.Linear(inner, d_model)
         self.act = activation(act, inner)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(d_model, eps=eps) if layer_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

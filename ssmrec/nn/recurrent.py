@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ssmrec.nn.layers import Dropout
+
 LayerState = tuple[Tensor, Tensor]  # (conv state, ssm state) of one block
 
 
@@ -34,7 +36,7 @@ class MambaLayer(nn.Module):
         # Attribute names and registration order keep the state-dict layout (and init RNG order)
         # of the layers this class replaced.
         self.mamba = block
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = norm if norm is not None else nn.Identity()
         self.ffn = ffn
         self.wiring, self.residual = wiring, residual

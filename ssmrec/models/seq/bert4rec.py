@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.attention import MaskedTransformerEncoder
-from ssmrec.nn.layers import recbole_init
+from ssmrec.nn.layers import Dropout, recbole_init
 from ssmrec.params import PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -44,7 +44,7 @@ class BERT4Rec(SeqRecModel):
         self.mask_id = n_items
         self.position_table = nn.Embedding(cfg.max_len, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = MaskedTransformerEncoder(cfg.hidden_size, cfg.num_heads, cfg.inner_size, cfg.dropout,
                                                 cfg.num_layers, activation="gelu", layer_norm_eps=1e-12)
         self.head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.hidden_size), nn.GELU(),

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ssmrec.models.incremental import split_rows
 from ssmrec.models.seq.base import SeqRecModel
+from ssmrec.nn.layers import Dropout
 from ssmrec.params import PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -30,7 +31,7 @@ class GRU4Rec(SeqRecModel):
     def __init__(self, cfg: GRU4RecConfig, n_items: int):
         super().__init__(n_items, cfg.embedding_size)
         self.cfg = cfg
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.embedding_size, cfg.hidden_size, cfg.num_layers, batch_first=True, bias=False)
         self.dense = nn.Linear(cfg.hidden_size, cfg.embedding_size)
         nn.init.xavier_uniform_(self.item_table.weight)  # RecBole GRU4Rec: xavier for embeddings and GRU

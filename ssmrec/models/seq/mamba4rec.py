@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ssmrec.models.incremental import split_rows
 from ssmrec.models.seq.base import SeqRecModel
-from ssmrec.nn.layers import PositionwiseFeedForward, recbole_init
+from ssmrec.nn.layers import Dropout, PositionwiseFeedForward, recbole_init
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
 from ssmrec.nn.recurrent import MambaLayer, RecurrentStack, layer_states, named_states
 from ssmrec.params import Bool, PosInt, Rate, config_dataclass
@@ -75,7 +75,7 @@ class Mamba4Rec(SeqRecModel):
         self.cfg = cfg
         d = cfg.hidden_size
         self.position_table = nn.Embedding(cfg.max_len, d) if cfg.position_embedding else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm and not cfg.block_only else nn.Identity()
         self.layers = RecurrentStack(mamba4rec_layer(cfg, residual=cfg.num_layers > 1) for _ in range(cfg.num_layers))
         if cfg.init == "recbole":

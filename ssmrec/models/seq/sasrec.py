@@ -12,7 +12,7 @@ import torch.nn as nn
 from ssmrec.models.incremental import pad_left, pad_right, split_rows
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.attention import MaskedTransformerEncoder
-from ssmrec.nn.layers import recbole_init
+from ssmrec.nn.layers import Dropout, recbole_init
 from ssmrec.params import PosInt, Rate, config_dataclass
 from ssmrec.registry import register
 
@@ -45,7 +45,7 @@ class SASRec(SeqRecModel):
         self.cfg = cfg
         self.position_table = nn.Embedding(cfg.max_len, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = MaskedTransformerEncoder(cfg.hidden_size, cfg.num_heads, cfg.inner_size, cfg.dropout,
                                                 cfg.num_layers, causal=True, activation=cfg.activation,
                                                 layer_norm_eps=1e-12)
