@@ -70,7 +70,7 @@ SCAN_KINDS = ("ref", "chunked", "fused")
 
 
 def _identity_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, head=1):
+                   initial_state=None, head=1, need_last=True):
     """GEMM-floor stand-in for ``scan_channel_last``: y = u (gated like the real scan), plus a
     zero-weighted term that keeps delta, B and C in the autograd graph (so x_proj / dt_proj / conv
     backward still run) at the cost of a few elementwise reductions."""
@@ -81,7 +81,7 @@ def _identity_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     y = u + keep
     if z is not None:
         y = y * F.silu(z)
-    return y, torch.zeros(u.shape[0], u.shape[2], B.shape[-1], dtype=u.dtype)
+    return y, (torch.zeros(u.shape[0], u.shape[2], B.shape[-1], dtype=u.dtype) if need_last else None)
 
 
 @contextlib.contextmanager

@@ -234,10 +234,10 @@ def _unit_last(t: Tensor | None, dims: int = 1) -> Tensor | None:
 
 class _ScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, init, softplus: bool, head: int):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, init, softplus: bool, head: int, need_last: bool):
         ext = load_extension()
         # ckpt: the states entering each chunk of time steps, so backward recomputes chunk by chunk
-        out, last, ckpt = ext.scan_fwd(u, delta, A, B, C, D, z, delta_bias, init, softplus, head, True)
+        out, last, ckpt = ext.scan_fwd(u, delta, A, B, C, D, z, delta_bias, init, softplus, head, True, need_last)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, init, ckpt)
         ctx.softplus, ctx.head = softplus, head
         ctx.mark_non_differentiable(last)
@@ -256,16 +256,18 @@ class _ScanFn(torch.autograd.Function):
             if A.dim() == 1:
                 dA = dA.view(-1, head).sum(-1)
         return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-                dbias if delta_bias is not None else None, dinit if init is not None else None, None, None)
+                dbias if delta_bias is not None else None, dinit if init is not None else None, None, None, None)
 
 
 def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                       z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                      initial_state: Tensor | None = None, head: int = 1) -> tuple[Tensor, Tensor]:
+                      initial_state: Tensor | None = None, head: int = 1,
+                      need_last: bool = True) -> tuple[Tensor, Tensor | None]:
     """Fused scan in the kernel's layout. u, z: (b, L, d); delta: (b, L, d/head); A: (d, n) or
     (d/head,); B, C: (b, L, g, n); D, delta_bias: (d/head,); initial_state: (b, d, n).
 
-    Returns ``(y (b, L, d), last_state (b, d, n))`` (the state is not differentiable). Computes in
+    Returns ``(y (b, L, d), last_state (b, d, n))`` (the state is not differentiable; None unless
+    ``need_last``: training skips writing it). Computes in
     float32 (float64 if any input is float64) and returns y in u's dtype.
     """
     dtype_in = u.dtype
@@ -281,10 +283,10 @@ def scan_channel_last(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     initial_state = None if initial_state is None else _unit_last(initial_state.to(cd), 3)
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        y, last = _ScanFn.apply(*args, bool(delta_softplus), int(head))
+        y, last = _ScanFn.apply(*args, bool(delta_softplus), int(head), bool(need_last))
     else:  # inference / step(): skip the autograd.Function machinery (~tens of us per call)
-        y, last, _ = load_extension().scan_fwd(*args, bool(delta_softplus), int(head), False)
-    return y.to(dtype_in), last
+        y, last, _ = load_extension().scan_fwd(*args, bool(delta_softplus), int(head), False, bool(need_last))
+    return y.to(dtype_in), (last if need_last else None)
 
 
 def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

@@ -234,7 +234,7 @@ class Mamba(nn.Module):
             xc = fused_scan.causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
             delta, Bm, Cm = self._ssm_inputs(xc, mask)
             y, last = fused_scan.scan_channel_last(xc, delta, -torch.exp(self.A_log.float()), Bm.unsqueeze(2),
-                                                   Cm.unsqueeze(2), self.D.float(), z)
+                                                   Cm.unsqueeze(2), self.D.float(), z, need_last=want_state)
             state = (_conv_state_from(x.transpose(1, 2), self.d_conv, mask), last) if want_state else None
             return self.out_proj(y), state
         x = x.transpose(1, 2)  # (B, d_inner, L)
@@ -362,7 +362,8 @@ class Mamba2(nn.Module):
             xBC_cl = F.silu(self.conv1d(xBC_t)[..., :L]).transpose(1, 2)
         x, Bm, Cm = self._split_xbc(xBC_cl)
         if impl == "fused":
-            y, last = fused_scan.scan_channel_last(x.flatten(-2), dt, A, Bm, Cm, self.D.float(), head=self.headdim)
+            y, last = fused_scan.scan_channel_last(x.flatten(-2), dt, A, Bm, Cm, self.D.float(), head=self.headdim,
+                                                   need_last=want_state)
             y = self.out_proj(self.norm(y, z, fused=True))
             state = (_conv_state_from(xBC_t, self.d_conv, mask), last.view(Bsz, self.nheads, self.headdim, -1)) \
                 if want_state else None

@@ -267,8 +267,9 @@ struct Scan {
           if (z) { const V zt = load(z + bi * z_sb + t * z_st + c0, nv); y *= zt * vsigmoid(zt); }
           store(out + (bi * L + t) * d + c0, y, nv);
         }
-        for (int64_t i = 0; i < n; ++i)
-          for (int j = 0; j < nv; ++j) last[(bi * d + c0 + j) * n + i] = h[i][j];
+        if (last)
+          for (int64_t i = 0; i < n; ++i)
+            for (int j = 0; j < nv; ++j) last[(bi * d + c0 + j) * n + i] = h[i][j];
       }
     });
   }
@@ -278,9 +279,19 @@ struct Scan {
   // Chunks run last to first, and inside a chunk every block of the task: dB/dC then accumulate
   // over the task's blocks in chunk-sized (L1) buffers, reduced across lanes once per chunk, while
   // each block carries its dLoss/dh and parameter gradients from chunk to chunk.
+  // Backward tasks take rows_per_group() batch rows each and keep one dA/dD/dbias partial per group:
+  // per-row partials cost a (b, d, n) write and reduction per call, which at short L (a training batch
+  // of prefixes) took longer than the scan itself. The grouping depends on b only, not on threads.
+  int64_t rows_per_group() const { return std::max<int64_t>(1, std::min<int64_t>(8, b / 32)); }
+  int64_t ngroups() const { return (b + rows_per_group() - 1) / rows_per_group(); }
+
   void backward(const T* dout, const T* ckpt, T* du_o, T* ddelta_o, T* dz_o, T* dBp, T* dCp, T* dA_p,
                 T* dD_p, T* dbias_p, T* dinit) const {
-    for_tasks([&](int64_t bi, int64_t s, int64_t k0, int64_t k1) {
+    const int64_t nblk = nblocks(), per = (nblk + nsplit - 1) / nsplit, R = rows_per_group();
+    at::parallel_for(0, ngroups() * nsplit, 1, [&](int64_t lo, int64_t hi) {
+     for (int64_t task = lo; task < hi; ++task) {
+      const int64_t gi = task / nsplit, s = task % nsplit;
+      const int64_t k0 = s * per, k1 = std::min(nblk, (s + 1) * per);
       const int64_t an = scalar_A ? 1 : n;  // decay vectors per step
       const int64_t nb = k1 - k0;
       // one chunk of one block: recomputed states (row 0 = the checkpoint), decays, lane inputs
@@ -291,6 +302,11 @@ struct Scan {
       for (int64_t k = k0; k < k1; ++k) load_consts(blk_c0[k], blk_nv[k], &Ab[(k - k0) * an], &A2[(k - k0) * an], Dl[k - k0]);
       // dB/dC of the current chunk, lane-wise, for the group being accumulated
       std::vector<V> dBacc(kChunk * n), dCacc(kChunk * n);
+      for (int64_t kb = 0; kb < nb; ++kb) {
+        for (int64_t i = 0; i < an; ++i) dAl[kb * an + i] = V{};
+        dDl[kb] = dbl[kb] = V{};
+      }
+      for (int64_t bi = gi * R; bi < std::min(b, (gi + 1) * R); ++bi) {
       T* dBb = dBp + (bi * nsplit + s) * L * g * n;
       T* dCb = dCp + (bi * nsplit + s) * L * g * n;
       for (int64_t ci = nchunks() - 1; ci >= 0; --ci) {
@@ -313,11 +329,8 @@ struct Scan {
           const V* A2k = &A2[kb * an];
           V* dhk = &dh[kb * n];
           V* dAk = &dAl[kb * an];
-          if (ci == nchunks() - 1) {
+          if (ci == nchunks() - 1)
             for (int64_t i = 0; i < n; ++i) dhk[i] = V{};
-            for (int64_t i = 0; i < an; ++i) dAk[i] = V{};
-            dDl[kb] = dbl[kb] = V{};
-          }
           std::memcpy(Hs.data(), ckpt_at(const_cast<T*>(ckpt), bi, ci, k), n * sizeof(V));
           // 1. recompute the chunk's forward from its checkpoint: Hs row r+1 = state after t0+r
           for (int64_t t = t0; t < t1; ++t) {
@@ -419,17 +432,24 @@ struct Scan {
         }
         flush();
       }
+      if (dinit)  // dLoss/d(initial state) of this row
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t kb = k - k0, c0 = blk_c0[k];
+          for (int j = 0; j < blk_nv[k]; ++j)
+            for (int64_t i = 0; i < n; ++i) dinit[(bi * d + c0 + j) * n + i] = dh[kb * n + i][j];
+        }
+      }  // rows of the group
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t kb = k - k0, c0 = blk_c0[k];
         for (int j = 0; j < blk_nv[k]; ++j) {
           const int64_t c = c0 + j;
-          dD_p[bi * d + c] = dDl[kb][j];
-          dbias_p[bi * d + c] = dbl[kb][j];
-          if (scalar_A) dA_p[bi * d + c] = dAl[kb][j];
-          else for (int64_t i = 0; i < n; ++i) dA_p[(bi * d + c) * n + i] = dAl[kb * n + i][j];
-          for (int64_t i = 0; i < n; ++i) dinit[(bi * d + c) * n + i] = dh[kb * n + i][j];
+          dD_p[gi * d + c] = dDl[kb][j];
+          dbias_p[gi * d + c] = dbl[kb][j];
+          if (scalar_A) dA_p[gi * d + c] = dAl[kb][j];
+          else for (int64_t i = 0; i < n; ++i) dA_p[(gi * d + c) * n + i] = dAl[kb * n + i][j];
         }
       }
+     }  // tasks
     });
   }
 
@@ -761,14 +781,15 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                  const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
                                  const c10::optional<at::Tensor>& init, bool softplus, int64_t head,
-                                 bool save_ckpt) {
+                                 bool save_ckpt, bool want_last) {
   auto out = at::empty({u.size(0), u.size(1), u.size(2)}, u.options());
-  auto last = at::empty({u.size(0), u.size(2), B.size(3)}, u.options());
+  auto last = want_last ? at::empty({u.size(0), u.size(2), B.size(3)}, u.options()) : at::empty({0}, u.options());
   at::Tensor ckpt = at::empty({0}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "ssmrec_scan_fwd", [&] {
     auto s = make_scan<scalar_t>(u, delta, A, B, C, D, z, bias, init, softplus, head);
     if (save_ckpt) ckpt = at::empty({s.b, s.nchunks(), s.nblocks(), s.n, Lanes<scalar_t>::W}, u.options());
-    s.forward(out.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(), save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr);
+    s.forward(out.data_ptr<scalar_t>(), want_last ? last.data_ptr<scalar_t>() : nullptr,
+              save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr);
   });
   return {out, last, ckpt};
 }
@@ -788,13 +809,14 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& ckpt,
     auto du = at::empty({s.b, s.L, s.d}, o), ddelta = at::empty({s.b, s.L, s.d}, o);
     auto dz = z ? at::empty({s.b, s.L, s.d}, o) : at::empty({0}, o);
     auto dBp = at::zeros({s.b, s.nsplit, s.L, s.g, s.n}, o), dCp = at::zeros({s.b, s.nsplit, s.L, s.g, s.n}, o);
-    auto dA_p = s.scalar_A ? at::empty({s.b, s.d}, o) : at::empty({s.b, s.d, s.n}, o);
-    auto dD_p = at::empty({s.b, s.d}, o), dbias_p = at::empty({s.b, s.d}, o);
-    auto dinit = at::empty({s.b, s.d, s.n}, o);
+    const int64_t G = s.ngroups();
+    auto dA_p = s.scalar_A ? at::empty({G, s.d}, o) : at::empty({G, s.d, s.n}, o);
+    auto dD_p = at::empty({G, s.d}, o), dbias_p = at::empty({G, s.d}, o);
+    auto dinit = init ? at::empty({s.b, s.d, s.n}, o) : at::empty({0}, o);
     s.backward(dout.data_ptr<scalar_t>(), ckpt.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
                z ? dz.data_ptr<scalar_t>() : nullptr, dBp.data_ptr<scalar_t>(), dCp.data_ptr<scalar_t>(),
                dA_p.data_ptr<scalar_t>(), dD_p.data_ptr<scalar_t>(), dbias_p.data_ptr<scalar_t>(),
-               dinit.data_ptr<scalar_t>());
+               init ? dinit.data_ptr<scalar_t>() : nullptr);
     res = {du, ddelta, dz, dBp.sum(1), dCp.sum(1), dA_p.sum(0), dD_p.sum(0), dbias_p.sum(0), dinit};
   });
   return res;
