@@ -223,8 +223,8 @@ def worker(spec_path, result_path) -> int:
         valid = trainer.data.splits["valid"]
         extra = spec["infer_repeats"] - len(infer)
         if extra > 0:
-            t = time_repeats(lambda: predict_split(trainer.model, valid, cfg.train.eval_batch_size, trainer.device),
-                             extra)
+            model, device = trainer.model, trainer.device
+            t = time_repeats(lambda: predict_split(model, valid, cfg.train.eval_batch_size, device), extra)
             infer += [s * 1e6 / len(valid) for s in t["times"]]
         train_s, infer_ms = summarize_times(epoch_s), summarize_times(infer)
         result.update(
@@ -527,7 +527,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs per model (overrides train.epochs; default 1)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}, "
                                                       f"{DEFAULT_OUT}-SIZE with --size)")
-    p.add_argument("--config-list", help=f"model list YAML (default: the built-in bench/ctr.yaml)")
+    p.add_argument("--config-list", help="model list YAML (default: the built-in bench/ctr.yaml)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="train.seed for every model")
     p.add_argument("--threads", type=int, default=0, help="torch threads per model (0 = torch default)")
     p.add_argument("--infer-repeats", type=int, default=3,

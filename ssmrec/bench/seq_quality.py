@@ -122,7 +122,9 @@ def select(plan: Plan, datasets: list[str] | None, rows: list[str] | None) -> Pl
 
 def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: list[str]) -> list[dict]:
     """Every (dataset, row, seed) of ``plan`` (restricted beforehand by :func:`select`) as ``{dataset,
-    row, seed, config, sets, run_dir, resolved}``; every config is validated before anything trains."""
+    row, seed, config, sets, run_dir, resolved}``; every config is validated before anything trains.
+    Seed-major order (every row's first seed, then every row's second, ...): a bench stopped early
+    leaves one seed of every row rather than all seeds of the first rows."""
     from ssmrec.config import load_config
 
     runs = []
@@ -139,10 +141,11 @@ def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: li
                 if threads > 0:
                     run_sets.append(f"train.threads={threads}")
                 cfg = load_config(row.config, run_sets)
-                runs.append({"dataset": dataset, "row": row, "seed": base_seed + i, "config": row.config,
+                runs.append({"dataset": dataset, "row": row, "seed": base_seed + i, "seed_index": i,
+                             "config": row.config,
                              "sets": run_sets, "run_dir": out / "runs" / dataset / run_name,
                              "resolved": cfg.resolved()})
-    return runs
+    return sorted(runs, key=lambda r: r["seed_index"])  # stable: dataset and row order kept per seed
 
 
 def _saved_matches(run: dict) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.profiler import record_function
 import yaml
 
-from ssmrec.config import RunConfig, from_dict, resume_incompatibilities
+from ssmrec.config import RunConfig, resume_incompatibilities
 from ssmrec.errors import OutputError, SsmrecError, TrainingDiverged, one_line
 from ssmrec.io import save_figure_atomic, write_text_atomic
 from ssmrec.nn.mamba import prepare_kernels

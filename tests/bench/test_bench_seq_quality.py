@@ -92,3 +92,13 @@ def test_one_seed_has_no_std_and_two_have_the_sample_std():
     two = aggregate(plan, [rec, {**rec, "seed": 1, "masked_ndcg@10": 0.2}])[0]
     assert two["masked_ndcg@10"] == pytest.approx((0.15, statistics.stdev([0.1, 0.2])))
     assert _pm(two["masked_ndcg@10"]) == "0.1500 ± 0.0707" and two["seeds"] == 2
+
+
+def test_runs_are_planned_seed_major(tmp_path):
+    """A bench stopped early should leave one seed of every row, not every seed of the first row."""
+    from ssmrec.bench.seq_quality import load_plan, plan_runs
+
+    plan, _ = load_plan(_plan(tmp_path))
+    runs = plan_runs(plan, tmp_path / "q", None, 1, [])
+    assert [r["run_dir"].name for r in runs] == ["synth_mamba4rec-masked-s0", "synth_gru4rec-unmasked-s0",
+                                                 "synth_mamba4rec-masked-s1", "synth_gru4rec-unmasked-s1"]
