@@ -199,7 +199,8 @@ def _execute(todo: list[dict], jobs: int) -> None:
         log.close()
         code = os.waitstatus_to_exitcode(status)
         proc.returncode = code  # reaped here: Popen must not wait for it again
-        info = {"exit_code": code, "peak_rss_mb": usage.ru_maxrss / 1024.0, "wall_s": time.perf_counter() - t0}
+        info = {"exit_code": code, "peak_rss_mb": usage.ru_maxrss / 1024.0, "wall_s": time.perf_counter() - t0,
+                "jobs": jobs, "threads": run["resolved"]["train"].get("threads")}
         if run["run_dir"].is_dir():
             write_json_atomic(run["run_dir"] / "bench.json", info)
         run["exit_code"] = code
@@ -218,7 +219,9 @@ def _collect(run: dict) -> dict:
     s = json.loads((d / "summary.json").read_text())
     hist = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     bench = json.loads((d / "bench.json").read_text()) if (d / "bench.json").is_file() else {}
+    saved = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
     rec.update(status="ok", params=s["params"], best_epoch=s["best_epoch"], epochs=s["epochs"],
+               threads=(saved.get("train") or {}).get("threads"), jobs=bench.get("jobs"),
                epoch_s=[h["train_s"] for h in hist], peak_rss_mb=bench.get("peak_rss_mb"),
                curve=[h.get("valid_ndcg@10") for h in hist])
     for p in PROTOCOLS:
@@ -266,13 +269,16 @@ def _pm(v, spec=".4f") -> str:
 
 def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], rows: list[dict], meta: dict) -> None:
     write_json_atomic(out / "quality.json", {"meta": meta, "rows": rows, "runs": records})
+    ok = [r for r in records if r["status"] == "ok"]
+    seen = lambda key: ", ".join(sorted({str(r.get(key) if r.get(key) is not None else "?") for r in ok})) or "n/a"  # noqa: E731
     lines = ["# `ssmrec bench seq --quality`", "",
              f"Plan `{plan_path}`; {meta['seeds']} seed(s) per row (the config's train.seed, +1, ...), mean ± sample "
              "std. Test metrics of the epoch with the best validation NDCG@10 under the row's protocol (the test "
              "split is read once per run, at its end); the other protocol's columns are the same weights. Full "
-             "ranking over all items, ties pessimistic. Train s/epoch: median over every epoch of the row's runs "
-             f"({meta['jobs']} run(s) at a time, {meta['threads']} thread(s) each, so times are comparable within this "
-             "table only).", ""]
+             "ranking over all items, ties pessimistic. Train s/epoch: median over every epoch of the row's runs, "
+             f"as each run recorded it (threads per run: {seen('threads')}; runs at a time: {seen('jobs')}, "
+             "and other work may have shared the machine), so times are comparable within this table only; "
+             "`ssmrec bench seq` measures speed alone.", ""]
     for dataset, dp in plan.datasets.items():
         drows = [r for r in rows if r["dataset"] == dataset]
         if not drows and not dp.anchors:

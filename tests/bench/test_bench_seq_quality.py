@@ -43,9 +43,11 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
                  for i in (0, 1)}
         assert len(seeds) == 2  # two seeds, not one run twice
         for i in (0, 1):
-            assert json.loads((out / "runs" / "synth" / f"{name}-s{i}" / "bench.json").read_text())["peak_rss_mb"] > 50
+            bench = json.loads((out / "runs" / "synth" / f"{name}-s{i}" / "bench.json").read_text())
+            assert bench["peak_rss_mb"] > 50 and bench["jobs"] == 2 and bench["threads"] == 1
     md = (out / "quality.md").read_text()
     assert "GRU4Rec toy" in md and "a published number" in md and " ± " in md
+    assert "threads per run: 1; runs at a time: 2" in md  # as the runs recorded it, not this invocation's
     assert (out / "quality.png").stat().st_size > 1000
     # a rerun keeps the finished runs; a changed config retrains
     r = run_cli(*args)
@@ -53,8 +55,9 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
     r = run_cli(*args[:-2], "--out", out, "--dry-run", "--set", "train.lr=0.002")
     assert r.returncode == 0 and "0 already finished with the same config, 4 to train" in r.stdout
     # --report-only: one more seed planned, nothing trains, the table keeps the 2 finished seeds
-    r = run_cli(*args, "--seeds", "3", "--report-only")
+    r = run_cli(*args[:-6], "--out", out, "--seeds", "3", "--report-only")  # default --jobs / --threads
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "threads per run: 1; runs at a time: 2" in (out / "quality.md").read_text()
     assert not (out / "runs" / "synth" / "synth_gru4rec-unmasked-s2").exists()
     q = json.loads((out / "quality.json").read_text())
     assert [row["seeds"] for row in q["rows"]] == [2, 2]
