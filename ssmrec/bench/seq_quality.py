@@ -275,7 +275,7 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
              f"Plan `{plan_path}`; {meta['seeds']} seed(s) per row (the config's train.seed, +1, ...), mean ± sample "
              "std. Test metrics of the epoch with the best validation NDCG@10 under the row's protocol (the test "
              "split is read once per run, at its end); the other protocol's columns are the same weights. Full "
-             "ranking over all items, ties pessimistic. Train s/epoch: median over every epoch of the row's runs, "
+             "ranking over all items, ties pessimistic. Train s/epoch: min / median over every epoch of the row's runs, "
              f"as each run recorded it (threads per run: {seen('threads')}; runs at a time: {seen('jobs')}, "
              "and other work may have shared the machine), so times are comparable within this table only; "
              "`ssmrec bench seq` measures speed alone.", ""]
@@ -290,7 +290,7 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
             table.append([r["label"], sel, r["seeds"], *(_pm(r.get(f"{sel}_{m}")) for m in METRICS),
                           f"{_pm(r.get(f'{other}_hr@10'))} / {_pm(r.get(f'{other}_ndcg@10'))}",
                           f"{r['best_epoch'][0]:.0f} / {r['epochs'][0]:.0f}",
-                          "n/a" if r["epoch_s_median"] is None else f"{r['epoch_s_median']:.1f}",
+                          "n/a" if r["epoch_s_median"] is None else f"{r['epoch_s_min']:.1f} / {r['epoch_s_median']:.1f}",
                           f"{r['train_s'][0]:.0f}",
                           "n/a" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}", f"{r['params']:,}"])
         for a in dp.anchors:
@@ -298,7 +298,7 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
                           "n/a" if a.hr10 is None else f"{a.hr10:.4f}", "n/a" if a.ndcg10 is None else f"{a.ndcg10:.4f}",
                           "–", "–", "–", "–", "–", "–", "–", "–", "–", "–"])
         lines += [markdown_table(["row", "selected on", "seeds", *(m.upper().replace("@", "@") for m in METRICS),
-                                  "other protocol HR@10 / NDCG@10", "best / epochs (mean)", "train s/epoch (median)",
+                                  "other protocol HR@10 / NDCG@10", "best / epochs (mean)", "train s/epoch (min / median)",
                                   "train s per run (mean)", "peak RSS MB", "params"], table), ""]
     missing = [r for r in records if r["status"] == "missing"]
     if missing:
