@@ -270,7 +270,10 @@ def _pm(v, spec=".4f") -> str:
 def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], rows: list[dict], meta: dict) -> None:
     write_json_atomic(out / "quality.json", {"meta": meta, "rows": rows, "runs": records})
     ok = [r for r in records if r["status"] == "ok"]
-    seen = lambda key: ", ".join(sorted({str(r.get(key) if r.get(key) is not None else "?") for r in ok})) or "n/a"  # noqa: E731
+
+    def seen(key: str) -> str:  # the distinct values the finished runs recorded ("?" where none)
+        return ", ".join(sorted({"?" if r.get(key) is None else str(r[key]) for r in ok})) or "n/a"
+
     lines = ["# `ssmrec bench seq --quality`", "",
              f"Plan `{plan_path}`; {meta['seeds']} seed(s) per row (the config's train.seed, +1, ...), mean ± sample "
              "std. Test metrics of the epoch with the best validation NDCG@10 under the row's protocol (the test "
