@@ -33,7 +33,9 @@ VARIANTS = {
     ("next_item", "mamba4rec"): [{}, {"num_layers": 2, "position_embedding": True, "max_len": 6},
                                  {"block": "mamba2", "headdim": 16},
                                  # frozen item vectors (text embeddings, attribute multi-hots) added to the IDs
-                                 {"num_layers": 2, ITEM_FEATURES: "add"}, {ITEM_FEATURES: "replace"}],
+                                 {"num_layers": 2, ITEM_FEATURES: "add"}, {ITEM_FEATURES: "replace"},
+                                 # the causal BSARec low-pass branch beside each block (its own state)
+                                 {"num_layers": 2, "lowpass": True, "lowpass_period": 8}],
     ("next_item", "sasrec"): [{}, {ITEM_FEATURES: "add"}],
 }
 

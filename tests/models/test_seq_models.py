@@ -106,6 +106,15 @@ def test_models_are_causal_and_ignore_trailing_padding(model):
     torch.testing.assert_close(h[0, :5], h_short[0], atol=1e-5, rtol=1e-5)  # trailing padding is inert
 
 
+def test_mamba4rec_lowpass_config_is_checked_in_one_line():
+    from ssmrec.models.seq.mamba4rec import Mamba4RecConfig
+
+    with pytest.raises(ValueError, match="lowpass_period"):
+        Mamba4RecConfig(lowpass=True, lowpass_c=9, lowpass_period=8)
+    with pytest.raises(ValueError, match="block_only"):
+        Mamba4RecConfig(lowpass=True, block_only=True)
+
+
 def test_mamba4rec_reference_size_and_init_quirks():
     from ssmrec.models.seq.mamba4rec import Mamba4Rec, Mamba4RecConfig
 
@@ -126,6 +135,8 @@ def test_mamba4rec_reference_size_and_init_quirks():
     ({"num_layers": 2}, lambda m: len(m.layers) == 2 and m.layers[0].residual),
     ({"position_embedding": True}, lambda m: m.position_table is not None),
     ({"block": "mamba2", "headdim": 16}, lambda m: type(m.layers[0].mamba).__name__ == "Mamba2"),
+    ({"lowpass": True, "lowpass_period": 8}, lambda m: m.layers[0].lowpass is not None
+     and m.state_layout == "mamba-states+lowpass+h" and m.layers[0].lowpass.n_freq == 3),
 ])
 def test_mamba4rec_ablation_switches_build_and_run(switch, check):
     from ssmrec.models.seq.mamba4rec import Mamba4Rec, Mamba4RecConfig

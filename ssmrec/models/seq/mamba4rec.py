@@ -8,6 +8,11 @@ zeroed and the special dt init is lost, and the embedding's padding row is rando
 fixed). The paper's ablations are switches: ``block_only`` (Mamba block only: no dropout / LayerNorm /
 FFN), ``num_layers: 2``, ``position_embedding``, ``ffn: false``, ``layer_norm: false``; ``block:
 mamba2`` swaps in a Mamba-2 block (ours), ``init: mamba`` keeps the blocks' own init.
+
+``lowpass: true`` (ours) adds BSARec's frequency branch beside each Mamba block, made causal so that
+serving stays O(1) per event (:mod:`ssmrec.nn.lowpass`): ``alpha · LN(Dropout(low + beta² (h - low)) + h)
++ (1 - alpha) · (Mamba path)`` before the FFN, with BSARec's Beauty values ``c = 5`` (3 frequency bins),
+``alpha = 0.7`` and the period = its window, 50.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch.nn as nn
 from ssmrec.models.incremental import split_rows
 from ssmrec.models.seq.base import SeqRecModel
 from ssmrec.nn.layers import Dropout, PositionwiseFeedForward, recbole_init
+from ssmrec.nn.lowpass import CausalLowPass
 from ssmrec.nn.mamba import SCAN_IMPLS, Mamba, Mamba2
 from ssmrec.nn.recurrent import MambaLayer, RecurrentStack, layer_states, named_states
 from ssmrec.params import Bool, PosInt, Rate, config_dataclass
@@ -45,8 +51,17 @@ class Mamba4RecConfig:
     block_only: Bool = False  # ablation "Mamba block only"
     max_len: PosInt = 200  # size of the position table (position_embedding only)
     init: Literal["recbole", "mamba"] = "recbole"
+    lowpass: Bool = False  # causal BSARec frequency branch beside every Mamba block
+    lowpass_c: PosInt = 5  # BSARec's c: the lowest c // 2 + 1 frequency bins pass
+    lowpass_alpha: Rate = 0.7  # weight of the low-pass branch against the Mamba path
+    lowpass_period: PosInt = 50  # N of the frequencies 2πf/N (BSARec: its window, max_len)
 
     def __post_init__(self):
+        if self.lowpass and self.block_only:
+            raise ValueError("model_params.lowpass needs the full Mamba4Rec layer (block_only: false)")
+        if self.lowpass and self.lowpass_c // 2 + 1 > self.lowpass_period // 2:
+            raise ValueError(f"model_params.lowpass_c ({self.lowpass_c}) keeps {self.lowpass_c // 2 + 1} frequency "
+                             f"bins; lowpass_period ({self.lowpass_period}) must be >= {2 * (self.lowpass_c // 2 + 1)}")
         if self.block == "mamba2" and (self.expand * self.hidden_size) % self.headdim:
             raise ValueError(f"model_params.headdim ({self.headdim}) must divide the Mamba-2 inner width "
                              f"{self.expand * self.hidden_size}")
@@ -60,7 +75,9 @@ def mamba4rec_layer(cfg: Mamba4RecConfig, residual: bool) -> MambaLayer:
     norm = nn.LayerNorm(d, eps=LN_EPS) if cfg.layer_norm else nn.Identity()
     ffn = (PositionwiseFeedForward(d, 4 * d, cfg.dropout, "gelu", cfg.layer_norm, LN_EPS)
            if cfg.ffn and not cfg.block_only else None)
-    return MambaLayer(block, "plain" if cfg.block_only else "post", norm, residual, cfg.dropout, ffn)
+    lowpass = (CausalLowPass(d, cfg.lowpass_period, cfg.lowpass_c, cfg.dropout, LN_EPS) if cfg.lowpass else None)
+    return MambaLayer(block, "plain" if cfg.block_only else "post", norm, residual, cfg.dropout, ffn,
+                      lowpass, cfg.lowpass_alpha)
 
 
 @register("next_item", "mamba4rec", Mamba4RecConfig)
@@ -73,6 +90,8 @@ class Mamba4Rec(SeqRecModel):
     def __init__(self, cfg: Mamba4RecConfig, n_items: int):
         super().__init__(n_items, cfg.hidden_size)
         self.cfg = cfg
+        if cfg.lowpass:
+            self.state_layout = "mamba-states+lowpass+h"
         d = cfg.hidden_size
         self.position_table = nn.Embedding(cfg.max_len, d) if cfg.position_embedding else None
         self.dropout = Dropout(cfg.dropout)
