@@ -305,8 +305,11 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
                                   "train s per run (mean)", "peak RSS MB", "params"], table), ""]
     missing = [r for r in records if r["status"] == "missing"]
     if missing:
-        lines += ["Not trained yet (`--report-only`): " + ", ".join(f"{r['dataset']} {r['row']} seed {r['seed']}"
-                                                                 for r in missing), ""]
+        seeds_by_row: dict[str, list[str]] = {}
+        for r in missing:  # one entry per row (its missing seeds), not one per run
+            seeds_by_row.setdefault(f"{r['dataset']} {r['row']}", []).append(str(r["seed"]))
+        lines += ["Not trained yet (`--report-only`): " + "; ".join(f"{row} (seeds {', '.join(seeds)})"
+                                                                 for row, seeds in seeds_by_row.items()), ""]
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["**Failed:** " + "; ".join(f"{r['dataset']} {r['row']} seed {r['seed']}: {r['error']}" for r in failed), ""]
