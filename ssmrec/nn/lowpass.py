@@ -30,6 +30,8 @@ LowPassState = Tensor  # (B, 2, F, d): real and imaginary parts of Σ x[m] e^{i�
 
 
 class CausalLowPass(nn.Module):
+    TOEPLITZ_MAX_LEN = 64  # windows up to this length use the (L, L) kernel matrix, longer ones cumsums
+
     def __init__(self, d: int, period: int = 50, c: int = 5, dropout: float = 0.0, eps: float = 1e-12):
         super().__init__()
         n_freq = c // 2 + 1
@@ -61,18 +63,34 @@ class CausalLowPass(nn.Module):
         B, L, d = x.shape
         xin = x if mask is None else x * mask[..., None].to(x.dtype)
         omega, weight = self._frequencies(x.dtype, x.device)
+        if L <= self.TOEPLITZ_MAX_LEN:
+            # the kernel is the same for every channel: one (L, L) lower-triangular matrix, one GEMM.
+            # B·L²·d multiply-adds, but one pass: at Beauty's prefix lengths the branch's share of a
+            # 2-layer Mamba4Rec training step fell from +31 % (cumulative sums) to +12 % (README)
+            k = torch.arange(L, device=x.device, dtype=torch.float64)
+            lag = k[:, None] - k[None, :]  # t - m
+            kernel = (torch.cos(lag[..., None] * omega) * weight.double()).sum(-1)
+            low = torch.matmul(kernel.masked_fill(lag < 0, 0.0).to(x.dtype), xin)
+        else:
+            low = None
+        if low is not None and not want_state:
+            return self._output(x, low), None
         phase = torch.arange(L, device=x.device, dtype=torch.float64)[:, None] * omega  # (L, F)
         cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
-        xe = xin.unsqueeze(2)  # (B, L, 1, d)
-        C = torch.cumsum(xe * cos[:, :, None], dim=1)  # Σ_{m<=t} x[m] cos(ω m): (B, L, F, d)
-        S = torch.cumsum(xe * sin[:, :, None], dim=1)
-        wc, ws = cos * weight, sin * weight  # cos(ω(t-m)) = cos ωt cos ωm + sin ωt sin ωm
-        low = torch.einsum("blfd,lf->bld", C, wc) + torch.einsum("blfd,lf->bld", S, ws)
+        if low is None:  # long windows: O(L·F·d) cumulative sums instead of O(L²·d)
+            xe = xin.unsqueeze(2)  # (B, L, 1, d)
+            C = torch.cumsum(xe * cos[:, :, None], dim=1)  # Σ_{m<=t} x[m] cos(ω m): (B, L, F, d)
+            S = torch.cumsum(xe * sin[:, :, None], dim=1)
+            wc, ws = cos * weight, sin * weight  # cos(ω(t-m)) = cos ωt cos ωm + sin ωt sin ωm
+            low = torch.einsum("blfd,lf->bld", C, wc) + torch.einsum("blfd,lf->bld", S, ws)
         y = self._output(x, low)
         if not want_state:
             return y, None
-        cT, sT, CT, ST = cos[-1][:, None], sin[-1][:, None], C[:, -1], S[:, -1]
-        return y, torch.stack([cT * CT + sT * ST, sT * CT - cT * ST], dim=1)
+        # Σ_m x[m] e^{iω (T - m)}, T = L - 1
+        back = (L - 1 - torch.arange(L, device=x.device, dtype=torch.float64))[None, :] * omega[:, None]  # (F, L)
+        re = torch.matmul(back.cos().to(x.dtype), xin)
+        im = torch.matmul(back.sin().to(x.dtype), xin)
+        return y, torch.stack([re, im], dim=1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.forward_with_state(x, mask, want_state=False)[0]

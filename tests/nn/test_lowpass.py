@@ -23,10 +23,15 @@ def _bsarec_fft_filter(x: torch.Tensor, c: int, beta: torch.Tensor) -> torch.Ten
     return low + beta.square() * (x - low)
 
 
+PATHS = {"toeplitz": CausalLowPass.TOEPLITZ_MAX_LEN, "cumsum": 0}  # windows up to this length use the matrix
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("L,c", [(50, 5), (20, 3), (16, 7)])
-def test_last_position_equals_bsarec_fft_filter(L, c):
+def test_last_position_equals_bsarec_fft_filter(L, c, path):
     torch.manual_seed(0)
     lp = CausalLowPass(8, period=L, c=c).double().eval()
+    lp.TOEPLITZ_MAX_LEN = PATHS[path]
     lp.norm = torch.nn.Identity()  # compare the filter itself: norm(filter + x) with an identity norm
     x = torch.randn(3, L, 8, dtype=torch.float64)
     got = lp(x)[:, -1] - x[:, -1]
@@ -48,9 +53,11 @@ def test_outputs_are_causal():
     assert not torch.allclose(y2[:, 6:], y[:, 6:])
 
 
-def test_step_equals_parallel_form_and_masked_rows_keep_state():
+@pytest.mark.parametrize("path", PATHS)
+def test_step_equals_parallel_form_and_masked_rows_keep_state(path):
     torch.manual_seed(2)
     lp = CausalLowPass(6, period=12, c=5).eval()
+    lp.TOEPLITZ_MAX_LEN = PATHS[path]
     x = torch.randn(4, 12, 6)
     y_par, state_par = lp.forward_with_state(x)
     state = lp.allocate_state(4)
@@ -64,9 +71,11 @@ def test_step_equals_parallel_form_and_masked_rows_keep_state():
     assert not torch.allclose(new[keep], state[keep])
 
 
-def test_left_padding_mask_equals_the_unpadded_sequence():
+@pytest.mark.parametrize("path", PATHS)
+def test_left_padding_mask_equals_the_unpadded_sequence(path):
     torch.manual_seed(3)
     lp = CausalLowPass(5, period=10, c=3).eval()
+    lp.TOEPLITZ_MAX_LEN = PATHS[path]
     x = torch.randn(1, 7, 5)
     padded = torch.cat([torch.randn(1, 3, 5), x], dim=1)
     mask = torch.tensor([[False] * 3 + [True] * 7])
@@ -74,6 +83,22 @@ def test_left_padding_mask_equals_the_unpadded_sequence():
     y, s = lp.forward_with_state(x)
     torch.testing.assert_close(y_pad[:, 3:], y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_pad, s, atol=1e-5, rtol=1e-5)
+
+
+def test_matrix_and_cumulative_sum_paths_agree_with_gradients():
+    torch.manual_seed(4)
+    lp = CausalLowPass(6, period=50, c=5).double()
+    lp.dropout.p = 0.0
+    x = torch.randn(3, 40, 6, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for limit in PATHS.values():
+        lp.TOEPLITZ_MAX_LEN = limit
+        y, state = lp.forward_with_state(x)
+        (gx,) = torch.autograd.grad((y * torch.linspace(-1, 1, 6, dtype=torch.float64)).sum(), x)
+        outs.append((y.detach(), state.detach()))
+        grads.append(gx)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
 
 
 def test_gradients_reach_input_and_beta():
