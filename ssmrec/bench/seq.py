@@ -80,9 +80,14 @@ def cmd_bench_seq(args) -> int:
 
     dataset, extra = _preset(args.data, args.preset)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
+    bad = [m for m in models if _base_model(m) not in MODELS]
     if bad or not models:
-        raise SsmrecError(f"--models: unknown model '{bad[0] if bad else ''}' (choose from {', '.join(MODELS)})")
+        raise SsmrecError(f"--models: unknown model '{bad[0] if bad else ''}' (choose from {', '.join(MODELS)}, "
+                          f"each optionally with :KEY=VALUE model parameters)")
+    for m in models:
+        for kv in m.split(":")[1:]:
+            if "=" not in kv or not kv.split("=", 1)[0]:
+                raise SsmrecError(f"--models: '{m}': '{kv}' is not KEY=VALUE (e.g. mamba4rec:lowpass=true)")
     modes = {"both": ["all_positions", "prefixes"], "config": [None]}.get(args.mode, [args.mode])
     if args.epochs < 1:
         raise SsmrecError(f"--epochs must be >= 1, got {args.epochs}")
@@ -95,11 +100,12 @@ def cmd_bench_seq(args) -> int:
     out = check_output_dir(args.out, "bench output")
     runs = []
     for model in models:
-        config = f"seq/{dataset}_{model}"
-        for mode in (["cloze"] if model == "bert4rec" else modes):
+        base = _base_model(model)
+        config = f"seq/{dataset}_{base}"
+        for mode in (["cloze"] if base == "bert4rec" else modes):
             mode = mode or load_config(config, extra).data.train_mode  # --mode config: the config's own
             for variant in variants:
-                run_name = f"{model}-{mode}" + ("-vectors" if variant != "id" else "")
+                run_name = (f"{model}-{mode}" + ("-vectors" if variant != "id" else "")).replace(":", "-").replace("=", "-")
                 sets = extra + [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.progress=false",
                                 f"out_dir={out / 'runs'}", f"name={run_name}"]
                 if args.mode != "config":  # batch counts samples: users in all_positions, prefixes else
@@ -113,6 +119,7 @@ def cmd_bench_seq(args) -> int:
                 if args.protocol:
                     sets.append(f"data.protocol={args.protocol}")
                 sets += list(args.set or [])
+                sets += [f"model_params.{kv}" for kv in model.split(":")[1:]]  # after --set: a variant wins
                 load_config(config, sets)  # every config is validated before anything trains
                 runs.append((model, mode, variant, run_name, config, sets))
     results = []
@@ -155,6 +162,11 @@ def cmd_bench_seq(args) -> int:
     return 0
 
 
+def _base_model(spec: str) -> str:
+    """``mamba4rec:lowpass=true`` -> ``mamba4rec`` (a --models entry: a model and model_params overrides)."""
+    return spec.split(":", 1)[0]
+
+
 def _label(model: str, mode: str, items: str) -> str:
     return f"{model} ({mode}" + (", + item vectors)" if items != "id" else ")")
 
@@ -173,7 +185,7 @@ def _write(out: Path, dataset: str, args, results: list[dict]) -> None:
     paper = PAPER.get(dataset, {})
     rows = []
     for r in ok:
-        p = paper.get(r["model"])
+        p = paper.get(_base_model(r["model"]))
         rows.append([r["model"], r["mode"], r["items"], f"{r['params']:,}", r["protocol"],
                      *(_fmt(r[f"{p}_{k}"]) for p in ("unmasked", "masked") for k in ("hr@10", "ndcg@10")),
                      _fmt(r["mrr@10"]),
@@ -232,7 +244,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default="synth",
                    help="synth | beauty | games | ml100k | ml50k (MicroLens-50K), or a dataset path (+ --preset)")
     p.add_argument("--preset", help=f"whose settings a --data path uses: {' | '.join(PRESETS)}")
-    p.add_argument("--models", default="mamba4rec,sasrec", help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--models", default="mamba4rec,sasrec",
+                   help=f"comma-separated, from {', '.join(MODELS)}; an entry may add model parameters as "
+                        f":KEY=VALUE (e.g. mamba4rec,mamba4rec:lowpass=true: the same model with and without)")
     p.add_argument("--mode", default="config", choices=["config", "all_positions", "prefixes", "both"],
                    help="training mode of the causal models: config (default) = each config's own mode and batch "
                         "size; BERT4Rec always trains with cloze")

@@ -35,10 +35,31 @@ def test_bench_seq_toy_run(tmp_path):
 def test_bench_seq_bad_arguments_are_one_line(tmp_path):
     r = run_cli("bench", "seq", "--models", "gpt", "--out", tmp_path / "b")
     assert r.returncode == 2 and "unknown model 'gpt'" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("bench", "seq", "--models", "mamba4rec:lowpass", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "'lowpass' is not KEY=VALUE" in r.stderr
+    r = run_cli("bench", "seq", "--models", "mamba4rec:lowpas=true", "--out", tmp_path / "b")
+    assert r.returncode == 2 and "lowpas" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("bench", "seq", "--data", tmp_path, "--out", tmp_path / "b")
     assert r.returncode == 2 and "--preset" in r.stderr
     r = run_cli("bench", "seq", "--item-features", tmp_path / "none.parquet", "--out", tmp_path / "b")
     assert r.returncode == 2 and "--item-features" in r.stderr and "file not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_seq_model_variants_run_side_by_side(tmp_path):
+    out = tmp_path / "b"
+    r = run_cli("bench", "seq", "--data", "synth", "--models", "mamba4rec,mamba4rec:lowpass=true:lowpass_period=20",
+                "--epochs", "1", "--threads", "1", "--out", out, "--set", "data.source=synth-tiny",
+                "--set", "data.max_len=20", "--set", "model_params={hidden_size: 16, max_len: 20}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    recs = {x["model"]: x for x in json.loads((out / "results.json").read_text())["records"]}
+    assert set(recs) == {"mamba4rec", "mamba4rec:lowpass=true:lowpass_period=20"}
+    assert all(x["status"] == "ok" for x in recs.values())
+    assert recs["mamba4rec:lowpass=true:lowpass_period=20"]["params"] == recs["mamba4rec"]["params"] + 3 * 16  # beta, LayerNorm
+    cfg = (out / "runs" / "mamba4rec-lowpass-true-lowpass_period-20-all_positions" / "config.yaml").read_text()
+    assert "lowpass: true" in cfg and "hidden_size: 16" in cfg
+    assert "lowpass: false" in (out / "runs" / "mamba4rec-all_positions" / "config.yaml").read_text()
+    assert "mamba4rec:lowpass=true" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow
