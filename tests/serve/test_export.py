@@ -57,9 +57,10 @@ def test_exported_mambactr_programs_equal_the_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.equivalence
-def test_exported_mamba4rec_programs_equal_the_model(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"lowpass": True, "lowpass_period": 16}], ids=["plain", "lowpass"])
+def test_exported_mamba4rec_programs_equal_the_model(tmp_path, extra):
     ckpt = write_untrained_checkpoint(tmp_path / "s.pt", "next_item", "mamba4rec",
-                                      {"hidden_size": 16, "d_state": 8, "num_layers": 2}, n_items=90,
+                                      {"hidden_size": 16, "d_state": 8, "num_layers": 2, **extra}, n_items=90,
                                       spread=0.3, max_len=16)
     run = run_cli("export", "--checkpoint", ckpt, "--out", tmp_path / "exp")
     assert run.returncode == 0, run.stderr
