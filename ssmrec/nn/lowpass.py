@@ -60,30 +60,10 @@ class CausalLowPass(nn.Module):
                            ) -> tuple[Tensor, LowPassState | None]:
         """``x (B, L, d)`` -> outputs at every position and the state after position L - 1. Masked
         (left-padding) steps contribute nothing; distances between real events are unchanged."""
-        B, L, d = x.shape
+        L = x.shape[1]
         xin = x if mask is None else x * mask[..., None].to(x.dtype)
         omega, weight = self._frequencies(x.dtype, x.device)
-        if L <= self.TOEPLITZ_MAX_LEN:
-            # the kernel is the same for every channel: one (L, L) lower-triangular matrix, one GEMM.
-            # B·L²·d multiply-adds, but one pass: at Beauty's prefix lengths the branch's share of a
-            # 2-layer Mamba4Rec training step fell from +31 % (cumulative sums) to +12 % (README)
-            k = torch.arange(L, device=x.device, dtype=torch.float64)
-            lag = k[:, None] - k[None, :]  # t - m
-            kernel = (torch.cos(lag[..., None] * omega) * weight.double()).sum(-1)
-            low = torch.matmul(kernel.masked_fill(lag < 0, 0.0).to(x.dtype), xin)
-        else:
-            low = None
-        if low is not None and not want_state:
-            return self._output(x, low), None
-        phase = torch.arange(L, device=x.device, dtype=torch.float64)[:, None] * omega  # (L, F)
-        cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
-        if low is None:  # long windows: O(L·F·d) cumulative sums instead of O(L²·d)
-            xe = xin.unsqueeze(2)  # (B, L, 1, d)
-            C = torch.cumsum(xe * cos[:, :, None], dim=1)  # Σ_{m<=t} x[m] cos(ω m): (B, L, F, d)
-            S = torch.cumsum(xe * sin[:, :, None], dim=1)
-            wc, ws = cos * weight, sin * weight  # cos(ω(t-m)) = cos ωt cos ωm + sin ωt sin ωm
-            low = torch.einsum("blfd,lf->bld", C, wc) + torch.einsum("blfd,lf->bld", S, ws)
-        y = self._output(x, low)
+        y = self._output(x, self._low(xin, omega, weight))
         if not want_state:
             return y, None
         # Σ_m x[m] e^{iω (T - m)}, T = L - 1
@@ -91,6 +71,25 @@ class CausalLowPass(nn.Module):
         re = torch.matmul(back.cos().to(x.dtype), xin)
         im = torch.matmul(back.sin().to(x.dtype), xin)
         return y, torch.stack([re, im], dim=1)
+
+    def _low(self, x: Tensor, omega: Tensor, weight: Tensor) -> Tensor:
+        """The causal low-pass of ``x (B, L, d)`` at every position."""
+        L = x.shape[1]
+        t = torch.arange(L, device=x.device, dtype=torch.float64)
+        if L <= self.TOEPLITZ_MAX_LEN:
+            # the kernel is the same for every channel: one (L, L) lower-triangular matrix, one GEMM.
+            # B·L²·d multiply-adds, but one pass: at Beauty's prefix lengths the branch's share of a
+            # 2-layer Mamba4Rec training step fell from +31 % (cumulative sums) to +12 % (README)
+            lag = t[:, None] - t[None, :]  # t - m
+            kernel = (torch.cos(lag[..., None] * omega) * weight.double()).sum(-1)
+            return torch.matmul(kernel.masked_fill(lag < 0, 0.0).to(x.dtype), x)
+        # long windows: O(L·F·d) cumulative sums, as cos(ω(t-m)) = cos ωt cos ωm + sin ωt sin ωm
+        phase = t[:, None] * omega  # (L, F)
+        cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
+        xe = x.unsqueeze(2)  # (B, L, 1, d)
+        C = torch.cumsum(xe * cos[:, :, None], dim=1)  # Σ_{m<=t} x[m] cos(ω m): (B, L, F, d)
+        S = torch.cumsum(xe * sin[:, :, None], dim=1)
+        return torch.einsum("blfd,lf->bld", C, cos * weight) + torch.einsum("blfd,lf->bld", S, sin * weight)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.forward_with_state(x, mask, want_state=False)[0]
