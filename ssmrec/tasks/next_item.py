@@ -16,7 +16,11 @@ per training item after the first (``items[start:t] -> items[t]``):
   ``max_len - stride + 1`` items instead of ``max_len`` (stride 1 gives exactly the prefixes' inputs).
 * ``prefixes`` — RecBole's augmentation, what the paper ran: every prefix of a training sequence is a
   sample predicting its next item, its newest ``max_len`` items as input (about L times more encoder
-  work for the same pairs).
+  work for the same pairs). ``data.empty_history: true`` adds each user's first training item as a
+  sample with an empty history, what BSARec's and FMLP-Rec's datasets train (their prefix loop starts
+  at length 0): its input is the padding id alone, so the model learns a start state and the first
+  items' prior. Off by default (RecBole, Mamba4Rec's paper); training only: serving a user with no
+  events is unchanged.
 
 Loss: full-softmax cross-entropy over every item id (RecBole's "CE"; the padding id is a class, as
 there). Evaluation: full ranking over all items, the padding id excluded, HR / NDCG / MRR @ each
@@ -70,6 +74,8 @@ class NextItemDataConfig(BaseModel):
     train_mode: Literal["all_positions", "prefixes", "cloze"] = "all_positions"  # cloze: BERT4Rec
     # all_positions: step between the windows of a history longer than max_len + 1 (default max_len // 2)
     window_stride: PosInt | None = None
+    # prefixes: also train items[start] from an empty history (input = the padding id; module docstring)
+    empty_history: Bool = False
     # evaluation (and so validation selection): history items rankable, or excluded (module docstring)
     protocol: Literal[PROTOCOLS] = "unmasked"  # type: ignore[valid-type]
     # Group samples of similar length into batches (within chunks of 64 batches of the epoch's shuffle;
@@ -339,6 +345,9 @@ class NextItemTask(Task):
         if model_len is not None and model_len < cfg.data.max_len:
             raise ConfigError(f"{source}: model_params.max_len ({model_len}) must be >= data.max_len "
                               f"({cfg.data.max_len})")
+        if cfg.data.empty_history and cfg.data.train_mode != "prefixes":
+            raise ConfigError(f"{source}: data.empty_history needs data.train_mode: prefixes, got "
+                              f"{cfg.data.train_mode!r}")
         if cfg.data.window_stride is not None and cfg.data.window_stride > cfg.data.max_len:
             raise ConfigError(f"{source}: data.window_stride ({cfg.data.window_stride}) must be <= data.max_len "
                               f"({cfg.data.max_len}), or every pair would not be trained")
@@ -355,10 +364,11 @@ class NextItemTask(Task):
         elif mode == "cloze":  # one sample per user: its training sequence, random positions masked
             users = np.flatnonzero(train_end - start >= 1)
             self._samples = ("cloze", start[users], train_end[users])
-        else:  # one sample per prefix [start, start + t), t = 1 .. n_train - 1
-            n = np.maximum(train_end - start - 1, 0)
+        else:  # one sample per prefix [start, start + t), t = 1 .. n_train - 1 (t = 0 too: empty_history)
+            t0 = 0 if self.cfg.data.empty_history else 1
+            n = np.maximum(train_end - start - t0, 0)
             users = np.repeat(np.arange(d.n_users), n)
-            t = np.arange(n.sum()) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n) + 1
+            t = np.arange(n.sum()) - np.repeat(np.concatenate([[0], np.cumsum(n)[:-1]]), n) + t0
             self._samples = ("prefixes", start[users], start[users] + t)
         self._L = L
         if self.cfg.data.item_features and self._features is None:
@@ -400,7 +410,8 @@ class NextItemTask(Task):
 
     def train_pairs(self) -> int:
         """Pairs one epoch trains: the same number in all_positions and prefixes (one per training item
-        after a user's first); cloze: the tokens its masks are drawn from."""
+        after a user's first; prefixes with empty_history: every training item); cloze: the tokens its
+        masks are drawn from."""
         return int(self.sample_pairs().sum())
 
     def arrange_epoch(self, order: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
@@ -439,6 +450,7 @@ class NextItemTask(Task):
             target = torch.where(masked, seq, torch.zeros_like(seq))
             return SeqBatch(seq.masked_fill(masked, self.data.n_items), torch.from_numpy(n), target)
         seq, n = windows(items, starts[i], ends[i], self._L)
+        n = np.maximum(n, 1)  # an empty history (empty_history) reads the padding id alone
         width = int(n.max())
         return SeqBatch(torch.from_numpy(seq[:, :width]), torch.from_numpy(n), torch.from_numpy(items[ends[i]]))
 

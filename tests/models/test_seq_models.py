@@ -72,6 +72,42 @@ def test_all_positions_and_prefixes_give_the_same_loss_on_the_same_pairs(model):
     torch.testing.assert_close(la, lp, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model", CAUSAL)
+def test_empty_history_adds_each_users_first_item_read_from_the_padding_id(model):
+    """BSARec's extra samples: one per user with training items, its input the padding id alone, its
+    target the user's first item; the other samples and their loss are unchanged."""
+    offsets = np.array([0, 7, 12, 20])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 3, 5, 7, 9, 2, 8, 6, 4, 2, 9, 7, 5, 3])
+    tasks = {}
+    for empty in (False, True):
+        tasks[empty] = NextItemTask(_cfg(model, "prefixes", empty_history=empty), SeqSplitData("toy", 10, offsets, items))
+        tasks[empty].setup()
+    plain, extra = tasks[False], tasks[True]
+    assert extra.num_train_samples() == plain.num_train_samples() + 3
+    assert extra.train_pairs() == plain.train_pairs() + 3
+    b = extra.train_batch(torch.arange(extra.num_train_samples()))
+    first = b.lengths.eq(1) & b.item_seq[:, 0].eq(0)
+    assert first.sum() == 3 and b.target[first].tolist() == [1, 3, 8]  # users' first items
+    assert b.item_seq[b.item_seq[:, 0].ne(0)].shape[0] == plain.num_train_samples()
+    torch.manual_seed(0)
+    net = extra.build_model().eval()
+    with torch.no_grad():
+        bp = plain.train_batch(torch.arange(plain.num_train_samples()))
+        keep = ~first
+        out = net(b)
+        loss_rest = extra.loss(net(SeqBatch(b.item_seq[keep], b.lengths[keep], b.target[keep])),
+                               SeqBatch(b.item_seq[keep], b.lengths[keep], b.target[keep]))["loss"]
+        torch.testing.assert_close(loss_rest, plain.loss(net(bp), bp)["loss"], atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(extra.loss(out, b)["loss"])
+
+
+def test_empty_history_needs_prefixes_mode():
+    from ssmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.empty_history needs data.train_mode: prefixes"):
+        NextItemTask.check_config(_cfg("mamba4rec", "all_positions", empty_history=True), "x.yaml")
+
+
 def test_pairs_normalization_weighs_every_pair_alike_across_user_batches():
     """all_positions batches hold users with 2 to 5 pairs here; with ``loss_normalization: pairs`` the
     epoch's batch losses average to the mean over all pairs (what prefixes mode optimises), with
