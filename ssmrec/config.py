@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ssmrec.errors import ConfigError
-from ssmrec.params import (STRICT, Bool, Name, NonNegFloat, NonNegInt, PosFloat, PosInt,
+from ssmrec.params import (STRICT, Bool, Name, NonNegFloat, NonNegInt, PosFloat, PosInt, Rate,
                            validation_error_line)
 
 TASKS = ("ctr", "next_item", "retrieval")
@@ -62,6 +62,11 @@ class TrainConfig(Section):
     min_lr: NonNegFloat = 1e-6
     min_delta: NonNegFloat = 1e-6
     grad_clip: NonNegFloat = 10.0  # global grad-norm clip (0 = off)
+    # Exponential moving average of the weights (0 = off): validation, best.pt and so every later use
+    # (test, evaluate, serve, export) read the average; training steps the raw weights. The decay
+    # ramps up as min(ema_decay, (1 + n) / (10 + n)) over the first steps n, so early epochs are not
+    # dominated by the initial weights.
+    ema_decay: Rate = 0.0
     embedding_regularizer: NonNegFloat = 0.0  # FuxiCTR (lambda/2)||.||^2 on the embedding module
     net_regularizer: NonNegFloat = 0.0  # the same on every other decayable parameter
     seed: NonNegInt = 20242025

@@ -29,6 +29,7 @@ import math
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,11 @@ class Trainer:
                     self.model, ignored)
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = make_optimizer(self.model, tc)
+        # train.ema_decay: the moving average of the trained parameters, what is validated and kept
+        self._ema_params = self._ema = None
+        if tc.ema_decay > 0:
+            self._ema_params = [p for p in self.model.parameters() if p.requires_grad and p.is_floating_point()]
+            self._ema = [p.detach().clone() for p in self._ema_params]
         self.run_dir = cfg.run_dir
         self.state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "best_epoch": -1,
                       "bad_epochs": 0, "lr": tc.lr, "done": False, "train_seconds": 0.0, "epoch_loss": {},
@@ -162,7 +168,31 @@ class Trainer:
         if with_optimizer:
             obj["optimizer"] = self.optimizer.state_dict()
             obj["rng"] = torch.get_rng_state()
+            if self._ema is not None:  # last.pt: the raw weights above, the average beside them
+                obj["ema"] = [t.clone() for t in self._ema]
         return obj
+
+    def _ema_step(self) -> None:
+        n = self.state["global_step"]  # optimizer steps before this one
+        decay = min(self.cfg.train.ema_decay, (1 + n) / (10 + n))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._ema, [p.detach() for p in self._ema_params], 1.0 - decay)
+
+    @contextmanager
+    def averaged_weights(self):
+        """Inside: the model holds the moving average of its weights (``train.ema_decay``; a no-op
+        when off); the raw training weights come back on exit."""
+        if self._ema is None:
+            yield
+            return
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self._ema_params]
+            torch._foreach_copy_(self._ema_params, self._ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self._ema_params, raw)
 
     def save_last(self):
         if self.rank == 0:
@@ -188,6 +218,12 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise SsmrecError(f"{path}: cannot resume: its weights do not fit this model "
                               f"({one_line(str(e).splitlines()[-1], 160)})") from None
+        if self._ema is not None:
+            saved = ck.get("ema")
+            if saved is None or len(saved) != len(self._ema):
+                raise SsmrecError(f"{path}: cannot resume: it holds no weight average for train.ema_decay")
+            with torch.no_grad():
+                torch._foreach_copy_(self._ema, list(saved))
         self.state.update(ck["state"])
         self.history = list(ck.get("history", []))
         torch.set_rng_state(ck["rng"])
@@ -261,6 +297,8 @@ class Trainer:
                 if not bool(torch.isfinite(norm)):
                     raise self._diverged(f"gradient norm is {float(norm)}", epoch, step)
                 self.optimizer.step()
+                if self._ema is not None:
+                    self._ema_step()
             st["step"] = step + 1
             st["global_step"] += 1
             for name, value in parts.items():
@@ -367,7 +405,8 @@ class Trainer:
             epoch_seconds = st["train_seconds"]
             improved = torch.zeros(1)
             if self.rank == 0:
-                m = self.task.evaluate(self.model, "valid", tc.eval_batch_size, self.device)
+                with self.averaged_weights():
+                    m = self.task.evaluate(self.model, "valid", tc.eval_batch_size, self.device)
                 record = {"epoch": epoch + 1, "train_loss": losses.get(self._primary(), float("nan"))}
                 record.update({f"train_{k}": v for k, v in losses.items() if k != self._primary()})
                 record.update(_split_metrics(m, "valid"))
@@ -386,7 +425,8 @@ class Trainer:
             if improved.item():
                 st["bad_epochs"] = 0
                 if self.rank == 0:
-                    checkpoint.save_atomic(self._payload(False), self.run_dir / "best.pt")
+                    with self.averaged_weights():
+                        checkpoint.save_atomic(self._payload(False), self.run_dir / "best.pt")
             else:
                 st["bad_epochs"] += 1
                 if tc.lr_schedule == "plateau":
@@ -411,6 +451,9 @@ class Trainer:
             if ck.get("state", {}).get("run_id") == self.state["run_id"]:
                 self.model.load_state_dict(ck["model"])
                 best_loaded = True
+        if not best_loaded and self._ema is not None:  # the monitor never improved: the final average
+            with torch.no_grad():
+                torch._foreach_copy_(self._ema_params, self._ema)
         summary = {}
         if self.rank == 0:
             m = self.task.evaluate(self.model, "valid", self.cfg.train.eval_batch_size, self.device)
