@@ -276,7 +276,8 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
 
     lines = ["# `ssmrec bench seq --quality`", "",
              f"Plan `{plan_path}`; {meta['seeds']} seed(s) per row (the config's train.seed, +1, ...), mean ± sample "
-             "std. Test metrics of the epoch with the best validation NDCG@10 under the row's protocol (the test "
+             "std. Test metrics of the epoch with the best validation value of the row's monitor (NDCG@10 unless "
+             "its config sets train.monitor) under the row's protocol (the test "
              "split is read once per run, at its end); the other protocol's columns are the same weights. Full "
              "ranking over all items, ties pessimistic. Train s/epoch: min / median over every epoch of the row's runs, "
              f"as each run recorded it (threads per run: {seen('threads')}; runs at a time: {seen('jobs')}, "
