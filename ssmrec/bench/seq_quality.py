@@ -319,7 +319,12 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
         return
     plt = pyplot()
     shown = [d for d in plan.datasets if any(r["dataset"] == d for r in rows)]
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    # legends go under the panels (they list up to a dozen rows and anchors): the figure grows to fit
+    entries = max(sum(r["dataset"] == d for r in rows)
+                  + sum(a.ndcg10 is not None for a in plan.datasets[d].anchors) for d in shown)
+    legend_in = 0.16 * entries + 0.6
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4 + legend_in), squeeze=False)
+    fig.subplots_adjust(bottom=(legend_in + 0.5) / (4 + legend_in), top=1 - 0.6 / (4 + legend_in), wspace=0.3)
     for ax, dataset in zip(axes[0], shown):
         for r in (r for r in rows if r["dataset"] == dataset):
             m, s = r[f"{r['protocol']}_ndcg@10"]
@@ -330,7 +335,8 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
                 ax.axhline(a.ndcg10, ls="--" if a.protocol == "masked" else ":", color=f"C{(i + 5) % 10}", lw=1,
                            label=f"{a.name} ({a.protocol})")
         ax.set_xlabel("train time per run, s (mean over seeds)"), ax.set_ylabel("test NDCG@10 (selection protocol)")
-        ax.set_title(dataset), ax.legend(fontsize=6)
+        ax.set_title(dataset)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.17), borderaxespad=0)
     fig.suptitle("ssmrec bench seq --quality: quality vs train time (error bars: std over seeds)")
     save_figure_atomic(fig, out / "quality.png")
 
