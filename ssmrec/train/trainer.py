@@ -138,8 +138,9 @@ class Trainer:
         # train.ema_decay: the moving average of the trained parameters, what is validated and kept
         self._ema_params = self._ema = None
         if tc.ema_decay > 0:
-            self._ema_params = [p for p in self.model.parameters() if p.requires_grad and p.is_floating_point()]
-            self._ema = [p.detach().clone() for p in self._ema_params]
+            # detached views of the parameters (same storage), made once rather than every step
+            self._ema_params = [p.detach() for p in self.model.parameters() if p.requires_grad and p.is_floating_point()]
+            self._ema = [p.clone() for p in self._ema_params]
         self.run_dir = cfg.run_dir
         self.state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "best_epoch": -1,
                       "bad_epochs": 0, "lr": tc.lr, "done": False, "train_seconds": 0.0, "epoch_loss": {},
@@ -169,14 +170,13 @@ class Trainer:
             obj["optimizer"] = self.optimizer.state_dict()
             obj["rng"] = torch.get_rng_state()
             if self._ema is not None:  # last.pt: the raw weights above, the average beside them
-                obj["ema"] = [t.clone() for t in self._ema]
+                obj["ema"] = list(self._ema)
         return obj
 
     def _ema_step(self) -> None:
         n = self.state["global_step"]  # optimizer steps before this one
         decay = min(self.cfg.train.ema_decay, (1 + n) / (10 + n))
-        with torch.no_grad():
-            torch._foreach_lerp_(self._ema, [p.detach() for p in self._ema_params], 1.0 - decay)
+        torch._foreach_lerp_(self._ema, self._ema_params, 1.0 - decay)
 
     @contextmanager
     def averaged_weights(self):
@@ -185,14 +185,12 @@ class Trainer:
         if self._ema is None:
             yield
             return
-        with torch.no_grad():
-            raw = [p.detach().clone() for p in self._ema_params]
-            torch._foreach_copy_(self._ema_params, self._ema)
+        raw = [p.clone() for p in self._ema_params]
+        torch._foreach_copy_(self._ema_params, self._ema)
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self._ema_params, raw)
+            torch._foreach_copy_(self._ema_params, raw)
 
     def save_last(self):
         if self.rank == 0:
@@ -222,8 +220,7 @@ class Trainer:
             saved = ck.get("ema")
             if saved is None or len(saved) != len(self._ema):
                 raise SsmrecError(f"{path}: cannot resume: it holds no weight average for train.ema_decay")
-            with torch.no_grad():
-                torch._foreach_copy_(self._ema, list(saved))
+            torch._foreach_copy_(self._ema, list(saved))
         self.state.update(ck["state"])
         self.history = list(ck.get("history", []))
         torch.set_rng_state(ck["rng"])
@@ -452,8 +449,7 @@ class Trainer:
                 self.model.load_state_dict(ck["model"])
                 best_loaded = True
         if not best_loaded and self._ema is not None:  # the monitor never improved: the final average
-            with torch.no_grad():
-                torch._foreach_copy_(self._ema_params, self._ema)
+            torch._foreach_copy_(self._ema_params, self._ema)
         summary = {}
         if self.rank == 0:
             m = self.task.evaluate(self.model, "valid", self.cfg.train.eval_batch_size, self.device)
