@@ -505,6 +505,7 @@ class NextItemTask(Task):
         L = int((feature_map or {}).get("max_len", self.cfg.data.max_len))
         if isinstance(model, IncrementalModel):
             model.set_serving_window(L - 1 if getattr(model, "cloze", False) else L)
+        model.empty_history_start = bool(self.cfg.data.empty_history)
         return model
 
     def serving_schema(self, feature_map: dict, artifacts: dict, model: str) -> ServingSchema:

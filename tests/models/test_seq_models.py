@@ -101,6 +101,40 @@ def test_empty_history_adds_each_users_first_item_read_from_the_padding_id(model
         assert torch.isfinite(extra.loss(out, b)["loss"])
 
 
+@pytest.mark.parametrize("model", CAUSAL)
+@pytest.mark.parametrize("mode", ["incremental", "recompute"])
+def test_a_model_trained_with_empty_history_serves_a_new_user_as_training_read_it(model, mode):
+    """A user with no events is scored from the padding id alone, the input its training sample had
+    (served == the forward on that training batch row), in a batch beside users with events who keep
+    their own scores; the new user then steps from the empty state as any other. Without
+    empty_history the model refuses a user with no events."""
+    from ssmrec.serve.adapter import ServingAdapter
+
+    offsets = np.array([0, 7, 12, 20])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 3, 5, 7, 9, 2, 8, 6, 4, 2, 9, 7, 5, 3])
+    task = NextItemTask(_cfg(model, "prefixes", empty_history=True), SeqSplitData("toy", 10, offsets, items))
+    task.setup()
+    torch.manual_seed(0)
+    net = task.build_model().eval()
+    assert net.empty_history_start
+    b = task.train_batch(torch.arange(task.num_train_samples()))
+    row = int(torch.nonzero(b.lengths.eq(1) & b.item_seq[:, 0].eq(0))[0])
+    with torch.no_grad():
+        trained = net(SeqBatch(b.item_seq[row:row + 1], b.lengths[row:row + 1], None))["logits"][0, 1:]
+    ad = ServingAdapter(net, mode)
+    h = torch.tensor([3, 5, 7])
+    new, old = ad.init_entry(), ad.prefill(h)
+    both = ad.score_all([new, old])
+    torch.testing.assert_close(both[0, 1:], trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1], ad.score_all([old])[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(both[0, 1:], both[1, 1:])
+    stepped = ad.update([new], [h])[0]
+    torch.testing.assert_close(ad.score_all([stepped]), ad.score_all([old]), atol=1e-4, rtol=1e-4)
+    net.empty_history_start = False
+    with pytest.raises(ValueError, match="no events"):
+        ad.score_all([new])
+
+
 def test_empty_history_needs_prefixes_mode():
     from ssmrec.errors import ConfigError
 

@@ -21,6 +21,9 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
 
     serving_task = "next_item"
     cloze = False  # BERT4Rec: [MASK] appended to the window and scored
+    # Trained with data.empty_history (the padding id alone as an input): a user with no events is
+    # scored from that input, as training read it, instead of refused (set by the task).
+    empty_history_start = False
 
     def __init__(self, n_items: int, dim: int):
         super().__init__()
@@ -70,17 +73,29 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
         scores[:, 0] = float("-inf")  # padding
         return scores
 
+    def _no_events(self) -> torch.Tensor:
+        """The window a user with no events is scored from: the padding id alone (data.empty_history)."""
+        if not self.empty_history_start:
+            raise ValueError("a user with no events has no next-item state yet; send an event first "
+                             "(or train with data.empty_history: true to score new users)")
+        return torch.zeros(1, dtype=torch.long)
+
     @torch.inference_mode()
     def offline_score_all(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Scores of every item ``(B, n_items)`` by ``forward`` on the windows; column 0 is -inf."""
-        if any(len(w) == 0 for w in windows):
-            raise ValueError("a user with no events has no next-item state yet; send an event first")
+        windows = [w if len(w) else self._no_events() for w in windows]
         return self._ranked(self(self.window_batch(windows))["logits"])
 
     @torch.inference_mode()
     def score_all(self, states: list[ModelState]) -> torch.Tensor:
-        if any(s.n_events == 0 for s in states):
-            raise ValueError("a user with no events has no next-item state yet; send an event first")
+        new = [i for i, s in enumerate(states) if s.n_events == 0]
+        if new:  # scored from the padding id by forward (one row, shared); the others as usual
+            row = self.offline_score_all([self._no_events()])
+            out = row.expand(len(states), -1).clone()
+            rest = [i for i in range(len(states)) if states[i].n_events]
+            if rest:
+                out[rest] = self.score_all([states[i] for i in rest])
+            return out
         if "h" in states[0].tensors:
             return self._ranked(self.full_sort_predict(torch.cat([s.tensors["h"] for s in states])))
         return self.offline_score_all([s.window for s in states])
