@@ -19,8 +19,11 @@ per training item after the first (``items[start:t] -> items[t]``):
   work for the same pairs). ``data.empty_history: true`` adds each user's first training item as a
   sample with an empty history, what BSARec's and FMLP-Rec's datasets train (their prefix loop starts
   at length 0): its input is the padding id alone, so the model learns a start state and the first
-  items' prior. Off by default (RecBole, Mamba4Rec's paper); training only: serving a user with no
-  events is unchanged.
+  items' prior. Off by default (RecBole, Mamba4Rec's paper). A model trained with it serves a user
+  with no events from that same input (``SeqRecModel.empty_history_start``); without it such a user
+  is refused. ``data.loss_excludes_history: true`` (also ``prefixes`` only) trains the way the
+  ``masked`` protocol ranks: the items of a sample's input window leave its softmax (the target
+  stays), so the loss never spends capacity pushing down items that protocol never ranks.
 
 Loss: full-softmax cross-entropy over every item id (RecBole's "CE"; the padding id is a class, as
 there). Evaluation: full ranking over all items, the padding id excluded, HR / NDCG / MRR @ each
@@ -76,6 +79,9 @@ class NextItemDataConfig(BaseModel):
     window_stride: PosInt | None = None
     # prefixes: also train items[start] from an empty history (input = the padding id; module docstring)
     empty_history: Bool = False
+    # prefixes: the input window's items are not classes of the sample's softmax (the target stays one):
+    # training that matches the masked protocol (module docstring)
+    loss_excludes_history: Bool = False
     # evaluation (and so validation selection): history items rankable, or excluded (module docstring)
     protocol: Literal[PROTOCOLS] = "unmasked"  # type: ignore[valid-type]
     # Group samples of similar length into batches (within chunks of 64 batches of the epoch's shuffle;
@@ -345,9 +351,10 @@ class NextItemTask(Task):
         if model_len is not None and model_len < cfg.data.max_len:
             raise ConfigError(f"{source}: model_params.max_len ({model_len}) must be >= data.max_len "
                               f"({cfg.data.max_len})")
-        if cfg.data.empty_history and cfg.data.train_mode != "prefixes":
-            raise ConfigError(f"{source}: data.empty_history needs data.train_mode: prefixes, got "
-                              f"{cfg.data.train_mode!r}")
+        for key in ("empty_history", "loss_excludes_history"):
+            if getattr(cfg.data, key) and cfg.data.train_mode != "prefixes":
+                raise ConfigError(f"{source}: data.{key} needs data.train_mode: prefixes, got "
+                                  f"{cfg.data.train_mode!r}")
         if cfg.data.window_stride is not None and cfg.data.window_stride > cfg.data.max_len:
             raise ConfigError(f"{source}: data.window_stride ({cfg.data.window_stride}) must be <= data.max_len "
                               f"({cfg.data.max_len}), or every pair would not be trained")
@@ -518,13 +525,20 @@ class NextItemTask(Task):
     def loss(self, model_out: dict, batch: SeqBatch) -> dict[str, torch.Tensor]:
         logits, labels = model_out["logits"], model_out["labels"]
         n = max(len(labels), 1)
+        excluded = None
+        if self.cfg.data.loss_excludes_history:  # prefixes: one row per sample, its window batch.item_seq
+            excluded = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, batch.item_seq, True)
+            excluded[torch.arange(len(labels), device=labels.device), labels] = False
+            logits = logits.masked_fill(excluded, float("-inf"))
         logp = F.log_softmax(logits, dim=-1)
         ce_sum = F.nll_loss(logp, labels, reduction="sum")  # = F.cross_entropy, one softmax for both losses
-        ce = ce_sum / n  # the mean, logged: comparable across modes
+        ce = ce_sum / n  # the mean, logged: comparable across modes (not across loss_excludes_history)
         eps = self.cfg.data.label_smoothing
         loss_sum = ce_sum
-        if eps > 0:  # torch's smoothed CE: (1 - eps) CE + eps mean_c(-log p_c)
-            loss_sum = (1 - eps) * ce_sum - eps * logp.mean(-1).sum()
+        if eps > 0:  # torch's smoothed CE: (1 - eps) CE + eps mean_c(-log p_c), c over the softmax's classes
+            smooth = logp.mean(-1) if excluded is None else \
+                logp.masked_fill(excluded, 0.0).sum(-1) / (~excluded).sum(-1)
+            loss_sum = (1 - eps) * ce_sum - eps * smooth.sum()
         pairs_mode = self.cfg.data.loss_normalization == "pairs" and self._samples[0] == "all_positions"
         if pairs_mode and self._pairs_per_batch:
             return {"ce": ce, "loss": loss_sum / self._pairs_per_batch}

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssmrec.config import from_dict
 from ssmrec.metrics import rank_metrics, rank_of_target
@@ -135,11 +136,47 @@ def test_a_model_trained_with_empty_history_serves_a_new_user_as_training_read_i
         ad.score_all([new])
 
 
-def test_empty_history_needs_prefixes_mode():
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_excludes_history_drops_the_windows_items_from_each_softmax(eps):
+    """data.loss_excludes_history: each sample's CE (and label smoothing's mean) runs over the classes
+    not in its input window, the target always one of them, written out row by row here; the window's
+    other items get no gradient. Off, the loss is the full-catalogue CE."""
+    offsets = np.array([0, 7, 12, 20])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 3, 5, 7, 9, 2, 8, 6, 4, 2, 9, 7, 5, 3])
+    tasks = {}
+    for on in (False, True):
+        tasks[on] = NextItemTask(_cfg("mamba4rec", "prefixes", loss_excludes_history=on, label_smoothing=eps),
+                                 SeqSplitData("toy", 10, offsets, items))
+        tasks[on].setup()
+    torch.manual_seed(0)
+    net = tasks[True].build_model().eval()
+    b = tasks[True].train_batch(torch.arange(tasks[True].num_train_samples()))
+    out = net(b)
+    logits = out["logits"].detach().requires_grad_(True)
+    got = tasks[True].loss({**out, "logits": logits}, b)["loss"]
+    want = []
+    for i in range(len(b.target)):
+        t = int(b.target[i])
+        keep = [c for c in range(logits.shape[1]) if c == t or c not in set(b.item_seq[i].tolist())]
+        logp = torch.log_softmax(logits[i, keep].detach(), -1)
+        want.append(-(1 - eps) * logp[keep.index(t)] - eps * logp.mean())
+    torch.testing.assert_close(got.detach(), torch.stack(want).mean(), atol=1e-5, rtol=1e-5)
+    got.backward()
+    hist = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, b.item_seq, True)
+    hist[torch.arange(len(b.target)), b.target] = False
+    assert hist.any() and logits.grad[hist].abs().max() == 0
+    plain = tasks[False].loss(out, b)["loss"]
+    ref = F.cross_entropy(out["logits"], b.target, label_smoothing=eps)
+    torch.testing.assert_close(plain, ref, atol=1e-5, rtol=1e-5)
+    assert float(plain - got) > 1e-3
+
+
+@pytest.mark.parametrize("key", ["empty_history", "loss_excludes_history"])
+def test_prefix_only_options_need_prefixes_mode(key):
     from ssmrec.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="data.empty_history needs data.train_mode: prefixes"):
-        NextItemTask.check_config(_cfg("mamba4rec", "all_positions", empty_history=True), "x.yaml")
+    with pytest.raises(ConfigError, match=f"data.{key} needs data.train_mode: prefixes"):
+        NextItemTask.check_config(_cfg("mamba4rec", "all_positions", **{key: True}), "x.yaml")
 
 
 def test_pairs_normalization_weighs_every_pair_alike_across_user_batches():
