@@ -3,6 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: the suite is mostly one-threaded subprocesses and small models, so two workers
+# on CI's 2 cores roughly halve its wall time (each worker's torch gets one thread: tests/conftest.py).
+# WORKERS=0 runs in one process (debugging, --pdb).
+WORKERS ?= 2
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist worksteal)
 
 .PHONY: demo test test-fast test-portable install clean
 
@@ -22,12 +27,12 @@ demo: $(STAMP)
 
 # pytest exit code 5 (no tests collected) is a failure, as is any other non-zero code.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(XDIST) tests
 
 # The fast lane for iterating (~2 min): everything not marked slow (kernel builds, torchrun, wheel
 # installs, long trainings). CI runs `make test`, which includes the slow tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 # The equivalence tests (marker `equivalence`: two code paths compared in one process -- fused kernel vs
 # reference scan, step vs forward, serving vs offline, DDP vs 1 process, trainer vs reference loop) under
@@ -37,8 +42,8 @@ test-fast: $(STAMP)
 # or collecting no test (pytest exit 5), fails the target.
 test-portable: $(STAMP)
 	@rc=0; \
-	echo "== SSMREC_SCAN_IMPL=ref"; SSMREC_SCAN_IMPL=ref $(BIN)/python -m pytest -q -m equivalence tests || rc=$$?; \
-	echo "== ATEN_CPU_CAPABILITY=default"; ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m equivalence tests || rc=$$?; \
+	echo "== SSMREC_SCAN_IMPL=ref"; SSMREC_SCAN_IMPL=ref $(BIN)/python -m pytest -q $(XDIST) -m equivalence tests || rc=$$?; \
+	echo "== ATEN_CPU_CAPABILITY=default"; ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(XDIST) -m equivalence tests || rc=$$?; \
 	exit $$rc
 
 clean:

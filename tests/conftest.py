@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Keep test processes from oversubscribing the 2-core CI machine.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep test processes from oversubscribing the 2-core CI machine: `make test` runs two pytest-xdist
+# workers, each with one torch thread (tests that need more threads set them explicitly).
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
