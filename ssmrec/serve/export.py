@@ -14,7 +14,9 @@ compilable ahead of time (AOTInductor):
   views_level (C,)) -> click probabilities (C,)``, C dynamic; next item: ``h (B, D) -> scores (B,
   n_items)`` (column 0, the padding id, is -inf).
 * ``manifest.json``: every input's name, shape and dtype, the state names, the window; a new user's
-  state is all zeros (``out_mask`` False).
+  state is all zeros (``out_mask`` False). A next-item model trained with ``data.empty_history`` also
+  carries ``new_user.h``: the hidden state to score a user with no events by ``score`` (what training
+  read for that user: the padding id alone); the first event then updates from the zero state.
 
 The programs use the pure-PyTorch scan (``scan_impl: ref``): the fused C++ kernel is not a registered
 operator. Their outputs equal the model's own ``step`` / ``score`` (tests/serve/test_export.py).
@@ -127,5 +129,9 @@ def export_serving(model: nn.Module, out_dir) -> dict:
                               f"{str(e).strip().splitlines()[0][:300]}") from None
         atomic_write(out / f"{key}.pt2", lambda tmp, p=program: torch.export.save(p, tmp))
         manifest["programs"][key]["inputs"] = [_spec(n, t) for n, t in zip(names_in, args)]
+    if getattr(model, "empty_history_start", False):
+        with torch.inference_mode():  # the padding id alone, as serving ranks a user with no events
+            h0 = model(model.window_batch([model._no_events()]))["hidden"]
+        manifest["new_user"] = {"h": h0[0].tolist()}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

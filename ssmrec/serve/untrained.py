@@ -27,12 +27,15 @@ def spread_weights(model: torch.nn.Module, std: float = 0.3, seed: int = 0) -> t
 
 def write_untrained_checkpoint(path, task: str, model: str, model_params: dict | None = None,
                                n_items: int = 12_102, max_len: int = 64, seed: int = 0,
-                               item_raw: list[str] | None = None, spread: float | None = None) -> Path:
+                               item_raw: list[str] | None = None, spread: float | None = None,
+                               data_params: dict | None = None) -> Path:
     """``item_raw``: next-item only, the dataset ids by index (what the service then speaks);
-    ``spread``: :func:`spread_weights` with this std before saving (tests)."""
+    ``spread``: :func:`spread_weights` with this std before saving (tests); ``data_params``: extra
+    ``data`` keys (e.g. ``empty_history``)."""
     from ssmrec.tasks import task_class
 
     data = {"dir": "untrained", "max_len": max_len} if task == "ctr" else {"source": "untrained", "max_len": max_len}
+    data.update(data_params or {})
     cfg = from_dict({"task": task, "model": model, "model_params": dict(model_params or {}), "data": data,
                      "train": {"progress": False}}, source=f"untrained {model}")
     g = torch.Generator().manual_seed(seed)

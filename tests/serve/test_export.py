@@ -57,11 +57,16 @@ def test_exported_mambactr_programs_equal_the_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.equivalence
-@pytest.mark.parametrize("extra", [{}, {"lowpass": True, "lowpass_period": 16}], ids=["plain", "lowpass"])
-def test_exported_mamba4rec_programs_equal_the_model(tmp_path, extra):
+@pytest.mark.parametrize("extra,data", [({}, {}), ({"lowpass": True, "lowpass_period": 16},
+                                                {"empty_history": True, "train_mode": "prefixes"})],
+                         ids=["plain", "lowpass_empty_history"])
+def test_exported_mamba4rec_programs_equal_the_model(tmp_path, extra, data):
+    """Users stepped through update.pt2 score as the model scores them; a model trained with
+    data.empty_history also exports new_user.h, and score.pt2 on it ranks a user with no events as
+    serving does (the padding id alone); without the option there is no such entry."""
     ckpt = write_untrained_checkpoint(tmp_path / "s.pt", "next_item", "mamba4rec",
                                       {"hidden_size": 16, "d_state": 8, "num_layers": 2, **extra}, n_items=90,
-                                      spread=0.3, max_len=16)
+                                      spread=0.3, max_len=16, data_params=data)
     run = run_cli("export", "--checkpoint", ckpt, "--out", tmp_path / "exp")
     assert run.returncode == 0, run.stderr
     manifest, update, score = _load(tmp_path / "exp")
@@ -73,6 +78,14 @@ def test_exported_mamba4rec_programs_equal_the_model(tmp_path, extra):
     want = model.score_all([model.prefill(items[b]) for b in range(B)])
     torch.testing.assert_close(got[:, 1:], want[:, 1:], atol=1e-4, rtol=1e-4)
     assert torch.isinf(got[:, 0]).all()
+    if not data:
+        assert "new_user" not in manifest
+        return
+    assert model.empty_history_start
+    new_user = score(torch.tensor([manifest["new_user"]["h"]]))
+    served = model.score_all([model.init_state()])
+    torch.testing.assert_close(new_user[:, 1:], served[:, 1:], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(new_user[:, 1:], got[:1, 1:], atol=1e-3)  # not some user's ranking
 
 
 def test_export_refuses_models_without_a_fixed_size_state_in_one_line(tmp_path):
