@@ -129,9 +129,7 @@ def export_serving(model: nn.Module, out_dir) -> dict:
                               f"{str(e).strip().splitlines()[0][:300]}") from None
         atomic_write(out / f"{key}.pt2", lambda tmp, p=program: torch.export.save(p, tmp))
         manifest["programs"][key]["inputs"] = [_spec(n, t) for n, t in zip(names_in, args)]
-    if getattr(model, "empty_history_start", False):
-        with torch.inference_mode():  # the padding id alone, as serving ranks a user with no events
-            h0 = model(model.window_batch([model._no_events()]))["hidden"]
-        manifest["new_user"] = {"h": h0[0].tolist()}
+    if getattr(model, "empty_history_start", False):  # ranked from the padding id alone, as serving does
+        manifest["new_user"] = {"h": model.new_user_hidden()[0].tolist()}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

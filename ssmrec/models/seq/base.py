@@ -81,6 +81,12 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
         return torch.zeros(1, dtype=torch.long)
 
     @torch.inference_mode()
+    def new_user_hidden(self) -> torch.Tensor:
+        """The user state ``(1, D)`` a user with no events is scored from (data.empty_history): the
+        forward's hidden on the padding id alone; ``full_sort_predict`` of it is that user's ranking."""
+        return self(self.window_batch([self._no_events()]))["hidden"]
+
+    @torch.inference_mode()
     def offline_score_all(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """Scores of every item ``(B, n_items)`` by ``forward`` on the windows; column 0 is -inf."""
         windows = [w if len(w) else self._no_events() for w in windows]
