@@ -273,6 +273,12 @@ def add_parser(subparsers) -> None:
     q.add_argument("--datasets", help="comma-separated datasets of the plan (default all)")
     q.add_argument("--rows", help="comma-separated rows of the plan, named <config stem>-<protocol> (default all)")
     q.add_argument("--seeds", type=int, help="seeds per row (default the plan's)")
+    q.add_argument("--seed-index", metavar="I[,J]",
+                   help="train only these seeds of each row (0-based, below --seeds); the report reads every finished seed")
+    q.add_argument("--records", metavar="DIR",
+                   help="where each finished run's numbers and config are kept as one small JSON (default OUT/records); "
+                        "the table is rebuilt from them when the run folders are gone (the repository keeps its own "
+                        "in benchmarks/results/seq-quality)")
     q.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     q.add_argument("--rerun", action="store_true", help="retrain runs that already finished with the same config")
     q.add_argument("--dry-run", action="store_true", help="list the runs and whether each is kept or trained")

@@ -120,7 +120,8 @@ def select(plan: Plan, datasets: list[str] | None, rows: list[str] | None) -> Pl
     return plan.model_copy(update={"datasets": picked})
 
 
-def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: list[str]) -> list[dict]:
+def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: list[str],
+              records: Path | None = None) -> list[dict]:
     """Every (dataset, row, seed) of ``plan`` (restricted beforehand by :func:`select`) as ``{dataset,
     row, seed, config, sets, run_dir, resolved}``; every config is validated before anything trains.
     Seed-major order (every row's first seed, then every row's second, ...): a bench stopped early
@@ -144,24 +145,56 @@ def plan_runs(plan: Plan, out: Path, epochs: int | None, threads: int, extra: li
                 runs.append({"dataset": dataset, "row": row, "seed": base_seed + i, "seed_index": i,
                              "config": row.config,
                              "sets": run_sets, "run_dir": out / "runs" / dataset / run_name,
+                             "records": records or out / "records",
                              "resolved": cfg.resolved()})
     return sorted(runs, key=lambda r: r["seed_index"])  # stable: dataset and row order kept per seed
 
 
-def _saved_matches(run: dict) -> bool:
-    """Does ``run_dir/config.yaml`` hold exactly this run's config (budget keys aside)?"""
+def _config_matches(saved: dict, run: dict) -> bool:
+    """Is ``saved`` (a resolved config) exactly this run's config (bookkeeping keys aside)?"""
     from ssmrec.config import resume_incompatibilities
 
-    path = run["run_dir"] / "config.yaml"
-    if not path.is_file():
-        return False
-    saved = yaml.safe_load(path.read_text())
     return not resume_incompatibilities(saved, run["resolved"]) and saved["train"]["epochs"] == run["resolved"]["train"]["epochs"]
 
 
+def _saved_matches(run: dict) -> bool:
+    """Does ``run_dir/config.yaml`` hold exactly this run's config (budget keys aside)?"""
+    path = run["run_dir"] / "config.yaml"
+    return path.is_file() and _config_matches(yaml.safe_load(path.read_text()), run)
+
+
+def _record_path(run: dict) -> Path:
+    return run["records"] / run["dataset"] / f"{run['run_dir'].name}.json"
+
+
+def _stored_record(run: dict) -> dict | None:
+    """The kept record of a finished run of exactly this config (see :func:`_store_record`), or None."""
+    path = _record_path(run)
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SsmrecError(f"{path}: not a readable run record ({one_line(str(e), 120)}); delete it to retrain") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or rec.get("status") != "ok":
+        raise SsmrecError(f"{path}: not a run record of `ssmrec bench seq --quality` (no 'config' / 'status: ok'); "
+                          "delete it to retrain")
+    return rec if _config_matches(rec["config"], run) else None
+
+
+def _store_record(run: dict, rec: dict) -> None:
+    """Keep a finished run's numbers (metrics, epochs, per-epoch times, RSS, its resolved config) as one
+    small JSON under ``--records``: the table regenerates from the records alone after the run folders
+    (checkpoints, GBs) are gone — commit the records folder to keep a table reproducible from a clone."""
+    saved = yaml.safe_load((run["run_dir"] / "config.yaml").read_text())
+    write_json_atomic(_record_path(run), {**rec, "config": saved})
+
+
 def _same_run(run: dict) -> bool:
-    """Has ``run_dir`` a finished run of exactly this config?"""
-    return (run["run_dir"] / "summary.json").is_file() and _saved_matches(run)
+    """Has this run finished with exactly this config (its run folder, or where that is gone a kept record)?"""
+    if run["run_dir"].is_dir():  # the folder, finished or interrupted, outranks a record
+        return (run["run_dir"] / "summary.json").is_file() and _saved_matches(run)
+    return _stored_record(run) is not None
 
 
 def _resumable(run: dict) -> bool:
@@ -211,6 +244,10 @@ def _execute(todo: list[dict], jobs: int) -> None:
 def _collect(run: dict) -> dict:
     d = run["run_dir"]
     rec = {"dataset": run["dataset"], "row": run["row"].name(), "seed": run["seed"]}
+    if not d.is_dir():  # the run folder is gone (another machine, cleaned up): its kept record
+        kept = _stored_record(run)
+        if kept is not None:
+            return {k: v for k, v in kept.items() if k != "config"}
     if not (d / "summary.json").is_file():
         log = d.parent / f"{d.name}.log"
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
@@ -227,6 +264,7 @@ def _collect(run: dict) -> dict:
     for p in PROTOCOLS:
         for m in METRICS:
             rec[f"{p}_{m}"] = s.get(f"test_{p}_{m}")
+    _store_record(run, rec)
     return rec
 
 
@@ -356,11 +394,22 @@ def cmd_bench_seq_quality(args) -> int:
     if args.seeds:
         plan = plan.model_copy(update={"seeds": args.seeds})
     out = check_output_dir(args.out, "bench output")
-    runs = plan_runs(plan, out, args.quality_epochs, args.threads, list(args.set or []))
+    records = check_output_dir(args.records, "--records") if args.records else None
+    runs = plan_runs(plan, out, args.quality_epochs, args.threads, list(args.set or []), records)
     todo = [r for r in runs if args.rerun or not _same_run(r)]
+    finished = len(runs) - len(todo)
+    if args.seed_index:  # train only these seeds of each row; the report still reads every finished one
+        try:
+            picked = {int(x) for x in args.seed_index.split(",") if x.strip()}
+        except ValueError:
+            picked = {-1}
+        if not picked or min(picked) < 0 or max(picked) >= plan.seeds:
+            raise SsmrecError(f"--seed-index must be comma-separated integers in 0..{plan.seeds - 1} "
+                              f"(--seeds {plan.seeds}), got '{args.seed_index}'")
+        todo = [r for r in todo if r["seed_index"] in picked]
     for r in todo:
         r["resume"] = not args.rerun and _resumable(r)
-    print(f"[bench seq --quality] {len(runs)} runs planned, {len(runs) - len(todo)} already finished with the same "
+    print(f"[bench seq --quality] {len(runs)} runs planned, {finished} already finished with the same "
           f"config, {len(todo)} to train ({args.jobs} at a time)", flush=True)
     if args.dry_run and not args.report_only:
         for r in runs:

@@ -3,6 +3,7 @@ runs' own test metrics, resumable, plan errors one line."""
 
 import json
 import re
+import shutil
 import statistics
 
 import pytest
@@ -72,6 +73,31 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
     assert r.returncode == 0 and "resume synth synth_mamba4rec-masked-s0" in r.stdout, r.stdout[-2000:]
     after = json.loads((run0 / "summary.json").read_text())
     assert after["test_masked_ndcg@10"] == before["test_masked_ndcg@10"] and after["epochs"] == before["epochs"]
+    # every finished run left a small record; with the run folders gone the table rebuilds from them alone
+    names = sorted(f"{row}-s{i}" for row in ("synth_mamba4rec-masked", "synth_gru4rec-unmasked") for i in (0, 1))
+    assert sorted(p.stem for p in (out / "records" / "synth").glob("*.json")) == names
+    table = json.loads((out / "quality.json").read_text())["rows"]
+    shutil.rmtree(out / "runs")
+    r = run_cli(*args[:-6], "--out", out, "--seeds", "2", "--report-only")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "quality.json").read_text())["rows"] == table
+    r = run_cli(*args, "--dry-run")
+    assert r.returncode == 0 and "4 already finished with the same config, 0 to train" in r.stdout
+    r = run_cli(*args, "--dry-run", "--set", "train.lr=0.002")  # a record of another config does not count
+    assert r.returncode == 0 and "0 already finished with the same config, 4 to train" in r.stdout
+    # --seed-index: only that seed of each row trains; the others keep their records
+    r = run_cli(*args, "--dry-run", "--seeds", "3", "--seed-index", "2")
+    assert r.returncode == 0 and "4 already finished with the same config, 2 to train" in r.stdout, r.stdout[-2000:]
+    assert re.search(r"train +synth synth_gru4rec-unmasked-s2", r.stdout) and "keep   synth synth_gru4rec-unmasked-s1" in r.stdout
+    for bad in ("3", "x", "-1"):
+        r = run_cli(*args, "--dry-run", "--seeds", "3", "--seed-index", bad)
+        lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+        assert r.returncode != 0 and len(lines) == 1 and "--seed-index" in lines[0] and "0..2" in lines[0], r.stderr
+    # a damaged record is one clear line naming it, not a silent retrain or a traceback
+    (out / "records" / "synth" / "synth_gru4rec-unmasked-s1.json").write_text("{not json")
+    r = run_cli(*args, "--report-only")
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert r.returncode != 0 and len(lines) == 1 and "synth_gru4rec-unmasked-s1.json" in lines[0], r.stderr[-1500:]
 
 
 def test_quality_plan_errors_are_one_line(tmp_path):
