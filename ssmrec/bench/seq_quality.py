@@ -347,7 +347,7 @@ def write_report(out: Path, plan: Plan, plan_path: Path, records: list[dict], ro
         seeds_by_row: dict[str, list[str]] = {}
         for r in missing:  # one entry per row (its missing seeds), not one per run
             seeds_by_row.setdefault(f"{r['dataset']} {r['row']}", []).append(str(r["seed"]))
-        lines += ["Not trained yet (`--report-only`): " + "; ".join(f"{row} (seeds {', '.join(seeds)})"
+        lines += ["Not trained yet: " + "; ".join(f"{row} (seeds {', '.join(seeds)})"
                                                                  for row, seeds in seeds_by_row.items()), ""]
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
@@ -406,7 +406,9 @@ def cmd_bench_seq_quality(args) -> int:
         if not picked or min(picked) < 0 or max(picked) >= plan.seeds:
             raise SsmrecError(f"--seed-index must be comma-separated integers in 0..{plan.seeds - 1} "
                               f"(--seeds {plan.seeds}), got '{args.seed_index}'")
-        todo = [r for r in todo if r["seed_index"] in picked]
+        for r in todo:
+            r["skipped"] = r["seed_index"] not in picked
+        todo = [r for r in todo if not r["skipped"]]
     for r in todo:
         r["resume"] = not args.rerun and _resumable(r)
     print(f"[bench seq --quality] {len(runs)} runs planned, {finished} already finished with the same "
@@ -420,10 +422,9 @@ def cmd_bench_seq_quality(args) -> int:
         todo = []
     _execute(todo, args.jobs)
     records = [_collect(r) for r in runs]
-    if args.report_only:
-        for rec in records:
-            if rec["status"] == "failed":
-                rec.update(status="missing", error="not trained (--report-only)")
+    for run, rec in zip(runs, records):  # not asked to train: missing, not failed
+        if rec["status"] == "failed" and (args.report_only or run.get("skipped")):
+            rec.update(status="missing", error="not trained (--report-only)" if args.report_only else "not trained (--seed-index)")
     rows = aggregate(plan, records)
     meta = {"plan": str(plan_path), "seeds": plan.seeds, "jobs": args.jobs, "threads": args.threads,
             "epochs": args.quality_epochs, "set": list(args.set or []), "machine": machine_info()}

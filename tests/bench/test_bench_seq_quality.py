@@ -64,7 +64,7 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
     q = json.loads((out / "quality.json").read_text())
     assert [row["seeds"] for row in q["rows"]] == [2, 2]
     # one entry per row, naming its one missing seed
-    assert re.search(r"Not trained yet .*synth_gru4rec-unmasked \(seeds \d+\)", (out / "quality.md").read_text())
+    assert re.search(r"Not trained yet: .*synth_gru4rec-unmasked \(seeds \d+\)", (out / "quality.md").read_text())
     # an interrupted run (last.pt, no summary) continues with --resume instead of starting over
     run0 = out / "runs" / "synth" / "synth_mamba4rec-masked-s0"
     before = json.loads((run0 / "summary.json").read_text())
@@ -93,6 +93,11 @@ def test_quality_table_is_the_mean_and_std_of_the_seeds_and_resumes(tmp_path):
         r = run_cli(*args, "--dry-run", "--seeds", "3", "--seed-index", bad)
         lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
         assert r.returncode != 0 and len(lines) == 1 and "--seed-index" in lines[0] and "0..2" in lines[0], r.stderr
+    r = run_cli(*args, "--seeds", "4", "--seed-index", "3", "--rows", "synth_gru4rec-unmasked")  # s2 stays untrained
+    assert r.returncode == 0, r.stderr[-2000:]
+    q = json.loads((out / "quality.json").read_text())
+    assert [row["seeds"] for row in q["rows"]] == [3] and "synth_gru4rec-unmasked-s3" in r.stdout
+    assert [x["status"] for x in q["runs"]] == ["ok", "ok", "missing", "ok"]
     # a damaged record is one clear line naming it, not a silent retrain or a traceback
     (out / "records" / "synth" / "synth_gru4rec-unmasked-s1.json").write_text("{not json")
     r = run_cli(*args, "--report-only")
