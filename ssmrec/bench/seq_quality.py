@@ -415,7 +415,7 @@ def cmd_bench_seq_quality(args) -> int:
           f"config, {len(todo)} to train ({args.jobs} at a time)", flush=True)
     if args.dry_run and not args.report_only:
         for r in runs:
-            print(f"  {('resume' if r['resume'] else 'train ') if r in todo else 'keep  '} {r['dataset']} {r['run_dir'].name}: {r['config']} "
+            print(f"  {('resume' if r['resume'] else 'train ') if r in todo else 'skip  ' if r.get('skipped') else 'keep  '} {r['dataset']} {r['run_dir'].name}: {r['config']} "
                   + " ".join(s for s in r["sets"] if not s.startswith(("out_dir=", "name="))))
         return 0
     if args.report_only:  # tables of what has finished; nothing trains
