@@ -182,11 +182,11 @@ def _stored_record(run: dict) -> dict | None:
     return rec if _config_matches(rec["config"], run) else None
 
 
-def _store_record(run: dict, rec: dict) -> None:
+def _store_record(run: dict, rec: dict, saved: dict) -> None:
     """Keep a finished run's numbers (metrics, epochs, per-epoch times, RSS, its resolved config) as one
     small JSON under ``--records``: the table regenerates from the records alone after the run folders
-    (checkpoints, GBs) are gone — commit the records folder to keep a table reproducible from a clone."""
-    saved = yaml.safe_load((run["run_dir"] / "config.yaml").read_text())
+    (checkpoints, GBs) are gone — commit the records folder to keep a table reproducible from a clone.
+    ``saved`` is the run's resolved config (its config.yaml)."""
     write_json_atomic(_record_path(run), {**rec, "config": saved})
 
 
@@ -264,7 +264,8 @@ def _collect(run: dict) -> dict:
     for p in PROTOCOLS:
         for m in METRICS:
             rec[f"{p}_{m}"] = s.get(f"test_{p}_{m}")
-    _store_record(run, rec)
+    if saved:  # a record without its config could never be matched to a plan's run
+        _store_record(run, rec, saved)
     return rec
 
 
@@ -394,8 +395,8 @@ def cmd_bench_seq_quality(args) -> int:
     if args.seeds:
         plan = plan.model_copy(update={"seeds": args.seeds})
     out = check_output_dir(args.out, "bench output")
-    records = check_output_dir(args.records, "--records") if args.records else None
-    runs = plan_runs(plan, out, args.quality_epochs, args.threads, list(args.set or []), records)
+    records_dir = check_output_dir(args.records, "--records") if args.records else None
+    runs = plan_runs(plan, out, args.quality_epochs, args.threads, list(args.set or []), records_dir)
     todo = [r for r in runs if args.rerun or not _same_run(r)]
     finished = len(runs) - len(todo)
     if args.seed_index:  # train only these seeds of each row; the report still reads every finished one
