@@ -35,7 +35,9 @@ VARIANTS = {
                                  # frozen item vectors (text embeddings, attribute multi-hots) added to the IDs
                                  {"num_layers": 2, ITEM_FEATURES: "add"}, {ITEM_FEATURES: "replace"},
                                  # the causal BSARec low-pass branch beside each block (its own state)
-                                 {"num_layers": 2, "lowpass": True, "lowpass_period": 8}],
+                                 {"num_layers": 2, "lowpass": True, "lowpass_period": 8},
+                                 # both at once, one layer (seq/beauty_mamba4rec_b256l1_lowpass_ema_bsa_attr)
+                                 {"lowpass": True, "lowpass_period": 8, ITEM_FEATURES: "add"}],
     ("next_item", "sasrec"): [{}, {ITEM_FEATURES: "add"}],
 }
 
