@@ -37,7 +37,7 @@ VARIANTS = {
                                  # the causal BSARec low-pass branch beside each block (its own state)
                                  {"num_layers": 2, "lowpass": True, "lowpass_period": 8},
                                  # both at once, one layer (seq/beauty_mamba4rec_b256l1_lowpass_ema_bsa_attr)
-                                 {"lowpass": True, "lowpass_period": 8, ITEM_FEATURES: "add"}],
+                                 {"lowpass": True, "lowpass_period": 8, ITEM_FEATURES: "add_sparse"}],
     ("next_item", "sasrec"): [{}, {ITEM_FEATURES: "add"}],
 }
 
@@ -64,7 +64,12 @@ def _build(task, name, params, tiny_data):
         params = dict(params)
         features = params.pop(ITEM_FEATURES, None)
         model = spec.cls(spec.config({**params, "dropout": 0.0}), N_SEQ_ITEMS)
-        if features:
+        if features == "add_sparse":  # two attributes of 100 per item: the sparse (CSR) projection
+            multi_hot = torch.zeros(N_SEQ_ITEMS, 100)
+            multi_hot.scatter_(1, torch.randint(0, 100, (N_SEQ_ITEMS, 2)), 1.0)
+            model.attach_item_features(multi_hot, "add")
+            assert model._sparse_features is not None
+        elif features:
             model.attach_item_features((torch.rand(N_SEQ_ITEMS, 6) < 0.3).float(), features)
         std = 0.3
     model.set_serving_window(WINDOW - 1 if getattr(model, "cloze", False) else WINDOW)

@@ -502,7 +502,9 @@ def test_cloze_mode_and_bert4rec_go_together():
         from_dict({"task": "next_item", "model": "sasrec", "data": {"train_mode": "cloze"}})
 
 
-def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_path):
+@pytest.mark.parametrize("model_name,multi_hot", [("sasrec", False), ("mamba4rec", True)],
+                         ids=["dense-vectors", "sparse-multi-hot"])
+def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_path, model_name, multi_hot):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -511,13 +513,19 @@ def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_p
 
     rng = np.random.default_rng(0)
     ids = np.arange(1, 151)[::-1]  # file order differs from the dataset's item order
-    vecs = rng.normal(size=(150, 6)).astype(np.float32)
+    if multi_hot:  # attribute-like: 2 of 100 per item, the sparse (CSR) projection
+        vecs = np.zeros((150, 100), np.float32)
+        vecs[np.arange(150)[:, None], rng.integers(0, 100, (150, 2))] = 1.0
+    else:
+        vecs = rng.normal(size=(150, 6)).astype(np.float32)
     feat = tmp_path / "item_emb.parquet"
-    pq.write_table(pa.table({"item_id": ids, "item_emb_d6": pa.array(list(vecs))}), feat)
-    cfg = _cfg("sasrec", item_features=str(feat), item_feature_mode="add")
+    pq.write_table(pa.table({"item_id": ids, "item_emb": pa.array(list(vecs))}), feat)
+    cfg = _cfg(model_name, item_features=str(feat), item_feature_mode="add")
     cfg.out_dir, cfg.train.epochs, cfg.train.max_steps_per_epoch = str(tmp_path), 1, 2
+    cfg.train.ema_decay = 0.9 if multi_hot else 0.0
     trainer = Trainer(cfg)
     net = trainer.model
+    assert (net._sparse_features is not None) == multi_hot
     item = 7
     row = int(np.flatnonzero(trainer.task.data.item_raw == str(item))[0])
     np.testing.assert_allclose(net.item_features[row].numpy(), vecs[ids == item][0])
@@ -527,6 +535,7 @@ def test_item_features_are_projected_stored_in_the_checkpoint_and_reloaded(tmp_p
     assert "item_features" in ck["artifacts"]
     model, *_ = load_model(tmp_path / "run" / "best.pt")
     torch.testing.assert_close(model.item_features, net.item_features)
+    assert (model._sparse_features is not None) == multi_hot
     b = SeqBatch(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
     with torch.no_grad():
         torch.testing.assert_close(model(b)["logits"], net.eval()(b)["logits"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -30,10 +31,8 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
         self.item_table = nn.Embedding(n_items, dim, padding_idx=0)
         self.register_buffer("item_features", None, persistent=False)  # data, carried as a checkpoint artifact
         self.feature_mode = "none"
-        # sparse item features (multi-hot attributes) as bags of the projection's columns, see item_vectors
-        self.register_buffer("_bag_columns", None, persistent=False)
-        self.register_buffer("_bag_offsets", None, persistent=False)
-        self.register_buffer("_bag_values", None, persistent=False)
+        # the same features as a sparse CSR matrix when mostly zeros (multi-hot attributes), see item_vectors
+        self.register_buffer("_sparse_features", None, persistent=False)
 
     def attach_item_features(self, features: torch.Tensor, mode: str = "add") -> None:
         """Frozen per-item vectors (e.g. `ssmrec embed` text embeddings), ``(n_items, F)`` with row 0 =
@@ -47,31 +46,30 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
         self.feature_proj = nn.Linear(features.shape[1], dim, bias=False)
         nn.init.normal_(self.feature_proj.weight, std=0.02)
         self.feature_mode = mode
-        self._bag_columns = self._bag_offsets = self._bag_values = None
+        self._sparse_features = None
         if f.count_nonzero() <= self.SPARSE_FEATURE_DENSITY * f.numel():
-            rows, cols = f.nonzero(as_tuple=True)  # row-major: each item's columns contiguous
-            self._bag_columns, self._bag_values = cols, f[rows, cols]
-            per_item = torch.bincount(rows, minlength=n)
-            self._bag_offsets = torch.cumsum(per_item, 0) - per_item
+            with warnings.catch_warnings():  # CSR is "beta" in torch; sparse x dense mm and its backward are what we use
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._sparse_features = f.to_sparse_csr()
 
-    # Below this fraction of non-zeros (Beauty's attributes: 0.6 %) the projected table is a weighted bag
-    # of the projection's columns per item, O(nnz x D), instead of a dense (items x F) x (F x D) product
-    # per lookup (the same sums in another order).
+    # Below this fraction of non-zeros (Beauty's attributes: 0.6 %) the projected table is a sparse x dense
+    # product, O(nnz x D), instead of a dense (items x F) x (F x D) product per lookup (the same sums in
+    # another order). Beauty, per training step (two tables, forward + backward, one thread): dense 58 ms,
+    # embedding_bag 17 ms, CSR 10 ms.
     SPARSE_FEATURE_DENSITY = 0.05
 
     def projected_item_features(self) -> torch.Tensor:
         """``(n_items, D)``: every item's feature vector through ``feature_proj``."""
-        if self._bag_columns is None:
+        if self._sparse_features is None:
             return self.feature_proj(self.item_features)
-        return nn.functional.embedding_bag(self._bag_columns, self.feature_proj.weight.t(), self._bag_offsets,
-                                           mode="sum", per_sample_weights=self._bag_values)
+        return torch.sparse.mm(self._sparse_features, self.feature_proj.weight.t())
 
     def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Vectors of items ``ids`` (any shape), or of every item when ``ids`` is None."""
         e = self.item_table.weight if ids is None else self.item_table(ids)
         if self.item_features is None:
             return e
-        if self._bag_columns is not None:
+        if self._sparse_features is not None:
             f = self.projected_item_features()
             f = f if ids is None else f[ids]
         else:
