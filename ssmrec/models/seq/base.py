@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import warnings
+from abc import ABC, abstractmethod
 from types import SimpleNamespace
 
 import torch
@@ -69,11 +69,12 @@ class SeqRecModel(nn.Module, IncrementalModel, ABC):
         e = self.item_table.weight if ids is None else self.item_table(ids)
         if self.item_features is None:
             return e
-        if self._sparse_features is not None:
+        if ids is None:
             f = self.projected_item_features()
-            f = f if ids is None else f[ids]
+        elif self._sparse_features is not None:  # the whole sparse product is cheaper than a dense lookup
+            f = self.projected_item_features()[ids]
         else:
-            f = self.feature_proj(self.item_features if ids is None else self.item_features[ids])
+            f = self.feature_proj(self.item_features[ids])
         return f if self.feature_mode == "replace" else e + f
 
     @property
